@@ -1,0 +1,3 @@
+fn main() {
+    println!("imgclass {}", env!("CARGO_PKG_VERSION"));
+}
