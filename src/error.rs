@@ -38,7 +38,9 @@ pub enum Error {
     CorruptImage(String),
 
     /// Declared dimensions exceed the pixel limit (refused before any pixel buffer is allocated).
-    #[error("image too large: {width}x{height} is {pixels} pixels, over the limit of {limit} pixels")]
+    #[error(
+        "image too large: {width}x{height} is {pixels} pixels, over the limit of {limit} pixels"
+    )]
     ImageTooLarge {
         width: u64,
         height: u64,

@@ -70,7 +70,10 @@ mod tests {
         let p = top_k(&logits, 3);
         assert_eq!(p.iter().map(|p| p.index).collect::<Vec<_>>(), vec![5, 7, 1]);
         assert!(p[0].probability > p[1].probability && p[1].probability > p[2].probability);
-        let total: f32 = top_k(&logits, NUM_CLASSES).iter().map(|p| p.probability).sum();
+        let total: f32 = top_k(&logits, NUM_CLASSES)
+            .iter()
+            .map(|p| p.probability)
+            .sum();
         assert!((total - 1.0).abs() < 1e-4, "{total}");
     }
 }

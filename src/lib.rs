@@ -3,5 +3,9 @@
 pub mod error;
 pub mod labels;
 pub mod models;
+pub mod ops;
+pub mod preprocess;
+pub mod server;
+pub mod weights;
 
 pub use error::{Error, Result};

@@ -3,7 +3,19 @@
 use std::fmt;
 
 /// The models imgclass serves. Names are torchvision's builder names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub enum ModelKind {
     /// Wide ResNet-50-2 (IMAGENET1K_V2, 81.6% top-1).
     #[value(name = "wide_resnet50_2")]
@@ -36,3 +48,6 @@ impl fmt::Display for ModelKind {
         f.write_str(self.name())
     }
 }
+
+mod classifier;
+pub use classifier::Classifier;

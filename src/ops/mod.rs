@@ -1,0 +1,1 @@
+//! Fast CPU kernels (owner: performance). The only place `unsafe` is allowed.
