@@ -1,5 +1,6 @@
 //! imgclass: fast, dependable ImageNet classification on candle (CPU).
 
+pub mod bench;
 pub mod error;
 pub mod labels;
 pub mod models;

@@ -1,2 +1,4 @@
-//! Weights: reading state_dicts strictly (owner: models), the manifest, directory resolution and
-//! fetching (owner: CLI/weights).
+//! Weights: reading state_dicts strictly and the synthetic generator (owner: models); the manifest,
+//! directory resolution and fetching (owner: CLI/weights).
+
+pub mod dir;
