@@ -1,0 +1,179 @@
+//! Raw access to CPU tensors, run-time SIMD level, and the shared epilogue.
+
+use super::Activation;
+use candle_core::{Layout, Result, Storage, StorageRef, Tensor};
+use std::sync::OnceLock;
+
+/// A read-locked, contiguous f32 view of a CPU tensor.
+pub(crate) struct F32View<'a> {
+    guard: StorageRef<'a>,
+    start: usize,
+    end: usize,
+}
+
+impl<'a> F32View<'a> {
+    /// `t` must be contiguous (callers make it so); non-contiguous tensors are an error.
+    pub(crate) fn new(t: &'a Tensor) -> Result<Self> {
+        let (guard, layout): (StorageRef<'a>, &Layout) = t.storage_and_layout();
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("ops: tensor of shape {:?} is not contiguous", t.dims());
+        };
+        Ok(F32View { guard, start, end })
+    }
+
+    pub(crate) fn slice(&self) -> Result<&[f32]> {
+        match &*self.guard {
+            Storage::Cpu(cpu) => Ok(&cpu.as_slice::<f32>()?[self.start..self.end]),
+            _ => candle_core::bail!("ops: fast kernels run on CPU tensors only"),
+        }
+    }
+}
+
+/// SIMD level detected at run time (the binary itself stays portable x86-64).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Level {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+pub(crate) fn level() -> Level {
+    static LEVEL: OnceLock<Level> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Level::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Level::Avx2;
+            }
+        }
+        Level::Scalar
+    })
+}
+
+/// Define `$name(args)` that runs `$body_fn(args)` compiled for the best SIMD level of the CPU.
+/// `$body_fn` must be `#[inline(always)]` so it is compiled inside each target-feature wrapper, and
+/// generic over `const FMA: bool` (true inside the AVX2/AVX-512 wrappers, see [`fmadd`]).
+macro_rules! multiversion {
+    ($vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) => $body_fn:ident) => {
+        $vis fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx2,fma")]
+            unsafe fn v4($($arg: $ty),*) {
+                $body_fn::<true>($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn v3($($arg: $ty),*) {
+                $body_fn::<true>($($arg),*)
+            }
+            match $crate::ops::cpu::level() {
+                // SAFETY: level() only reports features the running CPU has.
+                #[cfg(target_arch = "x86_64")]
+                $crate::ops::cpu::Level::Avx512 => unsafe { v4($($arg),*) },
+                // SAFETY: as above.
+                #[cfg(target_arch = "x86_64")]
+                $crate::ops::cpu::Level::Avx2 => unsafe { v3($($arg),*) },
+                $crate::ops::cpu::Level::Scalar => $body_fn::<false>($($arg),*),
+            }
+        }
+    };
+}
+pub(crate) use multiversion;
+
+/// `a * b + c`: one FMA instruction inside the multiversioned kernels (`FMA == true`), a plain
+/// multiply-add otherwise (`mul_add` without hardware FMA would be a slow libm call).
+#[inline(always)]
+pub(crate) fn fmadd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+#[inline(always)]
+pub(crate) fn activate(v: f32, act: Activation) -> f32 {
+    match act {
+        Activation::None => v,
+        Activation::Relu => v.max(0.0),
+        Activation::Hardswish => v * ((v + 3.0).clamp(0.0, 6.0) / 6.0),
+    }
+}
+
+/// `dst[i] = act(src[i] + bias + res[i])` (the residual is optional).
+#[inline(always)]
+fn epilogue_body<const FMA: bool>(
+    dst: &mut [f32],
+    src: &[f32],
+    bias: f32,
+    res: Option<&[f32]>,
+    act: Activation,
+) {
+    match (res, act) {
+        (None, Activation::None) => {
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d = *s + bias;
+            }
+        }
+        (None, Activation::Relu) => {
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d = (*s + bias).max(0.0);
+            }
+        }
+        (None, Activation::Hardswish) => {
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d = activate(*s + bias, Activation::Hardswish);
+            }
+        }
+        (Some(r), act) => {
+            for ((d, s), r) in dst.iter_mut().zip(src).zip(r) {
+                *d = activate(*s + bias + *r, act);
+            }
+        }
+    }
+}
+
+/// In-place variant of [`epilogue_body`].
+#[inline(always)]
+fn epilogue_inplace_body<const FMA: bool>(
+    dst: &mut [f32],
+    bias: f32,
+    res: Option<&[f32]>,
+    act: Activation,
+) {
+    match (res, act) {
+        (None, Activation::None) => {
+            for d in dst.iter_mut() {
+                *d += bias;
+            }
+        }
+        (None, Activation::Relu) => {
+            for d in dst.iter_mut() {
+                *d = (*d + bias).max(0.0);
+            }
+        }
+        (None, Activation::Hardswish) => {
+            for d in dst.iter_mut() {
+                *d = activate(*d + bias, Activation::Hardswish);
+            }
+        }
+        (Some(r), act) => {
+            for (d, r) in dst.iter_mut().zip(r) {
+                *d = activate(*d + bias + *r, act);
+            }
+        }
+    }
+}
+
+multiversion!(pub(crate) fn epilogue(dst: &mut [f32], src: &[f32], bias: f32, res: Option<&[f32]>, act: Activation) => epilogue_body);
+multiversion!(pub(crate) fn epilogue_inplace(dst: &mut [f32], bias: f32, res: Option<&[f32]>, act: Activation) => epilogue_inplace_body);

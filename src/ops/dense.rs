@@ -1,0 +1,183 @@
+//! Dense (`groups == 1`) convolution as GEMM through the `gemm` crate (the one candle uses, here
+//! with its AVX-512 kernels compiled in; the instruction set is chosen at run time).
+//!
+//! `Y[O, P] = W[O, C*K*K] x cols[C*K*K, P]` per image (P = OH*OW):
+//! - 1x1, stride 1, no padding: `cols` is the input itself (no copy);
+//! - anything else: `cols` is built by im2col (for a strided 1x1 that is just the subsampling);
+//! - small spatial sizes: several images share one GEMM (`cols` is `[C*K*K, nb*P]`), which keeps
+//!   the GEMM large enough to run both cores at full speed on 14x14 and 7x7 layers.
+//!
+//! The epilogue (bias, residual, activation) is one parallel pass over the GEMM output.
+
+use super::cpu::{epilogue, epilogue_inplace};
+use super::{Activation, Geometry};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Largest im2col buffer, in floats (16 MiB), used to decide how many images share one GEMM.
+const COLS_BUDGET: usize = 4 << 20;
+/// A 1x1 stride-1 convolution with at least this many output pixels runs per image, in place.
+const DIRECT_MIN_PIXELS: usize = 784;
+
+pub(crate) fn dense(
+    x: &[f32],
+    wt: &[f32],
+    bias: Option<&[f32]>,
+    res: Option<&[f32]>,
+    act: Activation,
+    g: &Geometry,
+) -> Vec<f32> {
+    let p = g.oh * g.ow;
+    let kdim = g.c * g.k * g.k;
+    let o = g.o;
+    let direct = g.k == 1 && g.stride == 1 && g.pad == 0;
+    let nb = if direct && p >= DIRECT_MIN_PIXELS {
+        1
+    } else {
+        (COLS_BUDGET / (kdim * p).max(1)).clamp(1, g.n.max(1))
+    };
+    let in_direct = direct && nb == 1;
+    let mut out = vec![0f32; g.n * o * p];
+    let mut cols = if in_direct {
+        Vec::new()
+    } else {
+        vec![0f32; kdim * nb * p]
+    };
+    let mut tmp = if nb > 1 {
+        vec![0f32; o * nb * p]
+    } else {
+        Vec::new()
+    };
+    let min_len = (4096 / p.max(1)).max(1);
+    for i0 in (0..g.n).step_by(nb) {
+        let nbi = nb.min(g.n - i0);
+        let width = nbi * p;
+        let rhs: &[f32] = if in_direct {
+            &x[i0 * g.c * p..][..g.c * p]
+        } else {
+            let c = &mut cols[..kdim * width];
+            im2col(x, g, i0, nbi, c);
+            c
+        };
+        if nbi == 1 {
+            let dst = &mut out[i0 * o * p..][..o * p];
+            matmul(o, width, kdim, wt, rhs, dst);
+            dst.par_chunks_mut(p)
+                .with_min_len(min_len)
+                .enumerate()
+                .for_each(|(oc, row)| {
+                    let b = bias.map_or(0.0, |b| b[oc]);
+                    let r = res.map(|r| &r[(i0 * o + oc) * p..][..p]);
+                    epilogue_inplace(row, b, r, act);
+                });
+        } else {
+            let t = &mut tmp[..o * width];
+            matmul(o, width, kdim, wt, rhs, t);
+            let t = &*t;
+            out[i0 * o * p..][..nbi * o * p]
+                .par_chunks_mut(p)
+                .with_min_len(min_len)
+                .enumerate()
+                .for_each(|(idx, row)| {
+                    let (j, oc) = (idx / o, idx % o);
+                    let b = bias.map_or(0.0, |b| b[oc]);
+                    let r = res.map(|r| &r[((i0 + j) * o + oc) * p..][..p]);
+                    epilogue(row, &t[oc * width + j * p..][..p], b, r, act);
+                });
+        }
+    }
+    out
+}
+
+/// `cols[(c*K + kh)*K + kw, j*P + oy*OW + ox] = x[i0 + j, c, oy*s + kh - pad, ox*s + kw - pad]`
+/// (zero outside the input).
+fn im2col(x: &[f32], g: &Geometry, i0: usize, nb: usize, cols: &mut [f32]) {
+    let p = g.oh * g.ow;
+    let kk = g.k * g.k;
+    let plane = g.h * g.w;
+    let min_len = (16384 / (nb * p).max(1)).max(1);
+    cols.par_chunks_mut(nb * p)
+        .with_min_len(min_len)
+        .enumerate()
+        .for_each(|(r, row)| {
+            let (c, kh, kw) = (r / kk, (r / g.k) % g.k, r % g.k);
+            for j in 0..nb {
+                let src = &x[((i0 + j) * g.c + c) * plane..][..plane];
+                fill_row(&mut row[j * p..][..p], src, kh, kw, g);
+            }
+        });
+}
+
+fn fill_row(dst: &mut [f32], src: &[f32], kh: usize, kw: usize, g: &Geometry) {
+    let (s, pad, w) = (g.stride, g.pad, g.w);
+    // Output columns whose input column `ox*s + kw - pad` lies inside [0, w).
+    let lo = if kw >= pad {
+        0
+    } else {
+        (pad - kw).div_ceil(s).min(g.ow)
+    };
+    let hi = if w + pad > kw {
+        ((w - 1 + pad - kw) / s + 1).min(g.ow)
+    } else {
+        0
+    }
+    .max(lo);
+    for oy in 0..g.oh {
+        let d = &mut dst[oy * g.ow..][..g.ow];
+        let iy = oy * s + kh;
+        if iy < pad || iy - pad >= g.h {
+            d.fill(0.0);
+            continue;
+        }
+        let srow = &src[(iy - pad) * w..][..w];
+        d[..lo].fill(0.0);
+        d[hi..].fill(0.0);
+        if lo < hi {
+            let first = lo * s + kw - pad;
+            if s == 1 {
+                d[lo..hi].copy_from_slice(&srow[first..][..hi - lo]);
+            } else {
+                for (i, v) in d[lo..hi].iter_mut().enumerate() {
+                    *v = srow[first + i * s];
+                }
+            }
+        }
+    }
+}
+
+/// `dst[m, n] = lhs[m, k] x rhs[k, n]`, all row-major and contiguous, on all rayon threads.
+pub(crate) fn matmul(m: usize, n: usize, k: usize, lhs: &[f32], rhs: &[f32], dst: &mut [f32]) {
+    assert!(lhs.len() >= m * k && rhs.len() >= k * n && dst.len() >= m * n);
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    };
+    // SAFETY: the three buffers are in bounds for the given sizes and strides (asserted above),
+    // `dst` is exclusively borrowed and does not alias `lhs` or `rhs`; `read_dst == false`, so
+    // the previous content of `dst` is never read.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.as_ptr(),
+            1,
+            k as isize,
+            rhs.as_ptr(),
+            1,
+            n as isize,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
