@@ -1,0 +1,302 @@
+//! Every setting and limit of `imgclass serve`, in one struct (flags + `IMGCLASS_*` env vars).
+//!
+//! `ServeArgs` is what clap parses; `Settings` is the validated, derived form the server runs with.
+
+use crate::models::ModelKind;
+use crate::preprocess::DecodeLimits;
+use crate::{Error, Result};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Which models the server loads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// Wide ResNet-50-2 answers; MobileNetV3 answers in-process when it errors or misses the deadline.
+    Full,
+    /// MobileNetV3-Large only.
+    Lite,
+}
+
+impl Profile {
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Full => "full",
+            Profile::Lite => "lite",
+        }
+    }
+
+    /// The model that answers normally.
+    pub fn primary(self) -> ModelKind {
+        match self {
+            Profile::Full => ModelKind::WideResnet50_2,
+            Profile::Lite => ModelKind::MobilenetV3Large,
+        }
+    }
+
+    /// The in-process fallback model, if any.
+    pub fn fallback(self) -> Option<ModelKind> {
+        match self {
+            Profile::Full => Some(ModelKind::MobilenetV3Large),
+            Profile::Lite => None,
+        }
+    }
+
+    /// Every model this profile loads.
+    pub fn models(self) -> Vec<ModelKind> {
+        let mut v = vec![self.primary()];
+        v.extend(self.fallback());
+        v
+    }
+}
+
+/// Fault injection for the ingress tests (`--fault`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fault {
+    /// No fault (the default).
+    None,
+    /// Every classify request answers 500, as a broken pod would.
+    Error,
+    /// Every classify request hangs without answering.
+    Stall,
+}
+
+/// Flags of `imgclass serve` (each also read from an `IMGCLASS_*` environment variable).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// `full`: Wide ResNet-50-2 with in-process MobileNetV3 fallback; `lite`: MobileNetV3 only.
+    #[arg(long, value_enum, default_value_t = Profile::Full, env = "IMGCLASS_PROFILE")]
+    pub profile: Profile,
+
+    /// Address to listen on (`127.0.0.1:0` picks a free port; the bound address is logged).
+    #[arg(long, default_value = "0.0.0.0:8080", env = "IMGCLASS_ADDR")]
+    pub addr: SocketAddr,
+
+    /// Directory holding `<model>.safetensors`. The server never downloads weights.
+    #[arg(long, env = "IMGCLASS_WEIGHTS_DIR")]
+    pub weights_dir: Option<PathBuf>,
+
+    /// Largest accepted request body in bytes (larger: 413).
+    #[arg(long, default_value_t = 20 * 1024 * 1024, env = "IMGCLASS_MAX_BODY_BYTES")]
+    pub max_body_bytes: u64,
+
+    /// Largest accepted image, in declared pixels (width*height; larger: 422).
+    #[arg(long, default_value_t = DecodeLimits::default().max_pixels, env = "IMGCLASS_MAX_PIXELS")]
+    pub max_pixels: u64,
+
+    /// Classify requests processed at once (reading the body, decoding, inference).
+    #[arg(long, default_value_t = 16, env = "IMGCLASS_MAX_CONCURRENT")]
+    pub max_concurrent: usize,
+
+    /// Classify requests that may wait for a processing slot; beyond it: immediate 503 + Retry-After.
+    #[arg(long, default_value_t = 64, env = "IMGCLASS_QUEUE_DEPTH")]
+    pub queue_depth: usize,
+
+    /// Largest number of queued images run together in one forward pass (continuous batching).
+    #[arg(long, default_value_t = 8, env = "IMGCLASS_MAX_BATCH_SIZE")]
+    pub max_batch_size: usize,
+
+    /// Full profile: when Wide ResNet has not answered this long after the request arrived,
+    /// MobileNetV3 answers instead (`"fallback_reason":"deadline"`).
+    #[arg(long, default_value_t = 2000, env = "IMGCLASS_PRIMARY_DEADLINE_MS")]
+    pub primary_deadline_ms: u64,
+
+    /// A client must send the request headers within this time, or the connection is closed.
+    #[arg(long, default_value_t = 10_000, env = "IMGCLASS_HEADER_READ_TIMEOUT_MS")]
+    pub header_read_timeout_ms: u64,
+
+    /// Whole-request budget after the headers: body upload (408 when exceeded) and processing
+    /// (503 when exceeded).
+    #[arg(long, default_value_t = 30_000, env = "IMGCLASS_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: u64,
+
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish before the process exits.
+    #[arg(long, default_value_t = 20_000, env = "IMGCLASS_SHUTDOWN_GRACE_MS")]
+    pub shutdown_grace_ms: u64,
+
+    /// Seconds sent in `Retry-After` with 503 answers.
+    #[arg(long, default_value_t = 1, env = "IMGCLASS_RETRY_AFTER_SECS")]
+    pub retry_after_secs: u64,
+
+    /// Compute threads (inference thread pool, decoding pool, async runtime).
+    /// 0: the CPUs this process may use (cgroup/affinity aware).
+    #[arg(long, default_value_t = 0, env = "IMGCLASS_THREADS")]
+    pub threads: usize,
+
+    /// JSON log lines (for containers) instead of human-readable ones.
+    #[arg(long, env = "IMGCLASS_JSON_LOGS")]
+    pub json_logs: bool,
+
+    /// Log filter (tracing EnvFilter syntax), e.g. `info`, `debug`, `imgclass=debug,hyper=info`.
+    #[arg(long, default_value = "info", env = "IMGCLASS_LOG")]
+    pub log: String,
+
+    /// Fault injection for ingress tests: `error` answers 500 to every classify request,
+    /// `stall` never answers them. Off by default; loudly logged when on.
+    #[arg(long, value_enum, default_value_t = Fault::None, env = "IMGCLASS_FAULT")]
+    pub fault: Fault,
+
+    /// TEST ONLY: the primary model sleeps this long before every forward pass (forces deadline fallback).
+    #[arg(long, hide = true, default_value_t = 0, env = "IMGCLASS_TEST_PRIMARY_DELAY_MS")]
+    pub test_primary_delay_ms: u64,
+
+    /// TEST ONLY: every forward pass of the primary model fails (forces error fallback).
+    #[arg(long, hide = true, env = "IMGCLASS_TEST_PRIMARY_FAULT")]
+    pub test_primary_fault: bool,
+
+    /// TEST ONLY: delay before the warm-up inference (keeps `/readyz` at 503 for this long).
+    #[arg(long, hide = true, default_value_t = 0, env = "IMGCLASS_TEST_WARMUP_DELAY_MS")]
+    pub test_warmup_delay_ms: u64,
+}
+
+/// Test-only hooks (never set in production; logged loudly when set).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TestHooks {
+    pub primary_delay: Duration,
+    pub primary_fault: bool,
+    pub warmup_delay: Duration,
+}
+
+impl TestHooks {
+    pub fn any(&self) -> bool {
+        *self != TestHooks::default()
+    }
+}
+
+/// The validated settings the server runs with.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Settings {
+    pub profile: Profile,
+    pub addr: SocketAddr,
+    pub weights_dir: PathBuf,
+    pub max_body_bytes: u64,
+    pub decode_limits: DecodeLimits,
+    pub max_concurrent: usize,
+    pub queue_depth: usize,
+    pub max_batch_size: usize,
+    #[serde(serialize_with = "ser_ms")]
+    pub primary_deadline: Duration,
+    #[serde(serialize_with = "ser_ms")]
+    pub header_read_timeout: Duration,
+    #[serde(serialize_with = "ser_ms")]
+    pub request_timeout: Duration,
+    #[serde(serialize_with = "ser_ms")]
+    pub shutdown_grace: Duration,
+    pub retry_after_secs: u64,
+    pub threads: usize,
+    pub json_logs: bool,
+    pub log: String,
+    pub fault: Fault,
+    pub test_hooks: TestHooks,
+}
+
+fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_millis() as u64)
+}
+
+/// CPUs this process may use: affinity mask and cgroup CPU quota aware on Linux.
+pub fn available_cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+impl Settings {
+    pub fn from_args(a: &ServeArgs) -> Result<Settings> {
+        fn positive(name: &str, v: u64) -> Result<()> {
+            if v == 0 {
+                return Err(Error::Usage(format!("--{name} must be at least 1")));
+            }
+            Ok(())
+        }
+        positive("max-body-bytes", a.max_body_bytes)?;
+        positive("max-pixels", a.max_pixels)?;
+        positive("max-concurrent", a.max_concurrent as u64)?;
+        positive("max-batch-size", a.max_batch_size as u64)?;
+        positive("primary-deadline-ms", a.primary_deadline_ms)?;
+        positive("header-read-timeout-ms", a.header_read_timeout_ms)?;
+        positive("request-timeout-ms", a.request_timeout_ms)?;
+        let threads = if a.threads == 0 {
+            available_cpus()
+        } else {
+            a.threads
+        };
+        let weights_dir = crate::weights::dir::resolve_weights_dir(
+            a.weights_dir.as_deref(),
+            &a.profile.models(),
+        );
+        Ok(Settings {
+            profile: a.profile,
+            addr: a.addr,
+            weights_dir,
+            max_body_bytes: a.max_body_bytes,
+            decode_limits: DecodeLimits {
+                max_pixels: a.max_pixels,
+            },
+            max_concurrent: a.max_concurrent,
+            queue_depth: a.queue_depth,
+            max_batch_size: a.max_batch_size,
+            primary_deadline: Duration::from_millis(a.primary_deadline_ms),
+            header_read_timeout: Duration::from_millis(a.header_read_timeout_ms),
+            request_timeout: Duration::from_millis(a.request_timeout_ms),
+            shutdown_grace: Duration::from_millis(a.shutdown_grace_ms),
+            retry_after_secs: a.retry_after_secs,
+            threads,
+            json_logs: a.json_logs,
+            log: a.log.clone(),
+            fault: a.fault,
+            test_hooks: TestHooks {
+                primary_delay: Duration::from_millis(a.test_primary_delay_ms),
+                primary_fault: a.test_primary_fault,
+                warmup_delay: Duration::from_millis(a.test_warmup_delay_ms),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let cli = Cli::try_parse_from(["x"]).unwrap();
+        let s = Settings::from_args(&cli.serve).unwrap();
+        assert_eq!(s.profile, Profile::Full);
+        assert_eq!(s.addr.to_string(), "0.0.0.0:8080");
+        assert_eq!(s.max_body_bytes, 20 * 1024 * 1024);
+        assert_eq!(s.fault, Fault::None);
+        assert!(s.threads >= 1);
+        assert!(!s.test_hooks.any());
+        assert_eq!(
+            Profile::Full.models(),
+            vec![ModelKind::WideResnet50_2, ModelKind::MobilenetV3Large]
+        );
+        assert_eq!(Profile::Lite.models(), vec![ModelKind::MobilenetV3Large]);
+    }
+
+    #[test]
+    fn zero_limits_are_usage_errors() {
+        let cli = Cli::try_parse_from(["x", "--max-batch-size", "0"]).unwrap();
+        let e = Settings::from_args(&cli.serve).unwrap_err();
+        assert_eq!(e.error_type(), "usage_error");
+        assert!(e.to_string().contains("max-batch-size"), "{e}");
+    }
+
+    #[test]
+    fn fault_parses() {
+        let cli = Cli::try_parse_from(["x", "--fault", "stall", "--profile", "lite"]).unwrap();
+        assert_eq!(cli.serve.fault, Fault::Stall);
+        assert_eq!(cli.serve.profile, Profile::Lite);
+        assert!(Cli::try_parse_from(["x", "--fault", "explode"]).is_err());
+    }
+}

@@ -1,0 +1,261 @@
+//! The inference engine: one dedicated OS thread per model owns the loaded `Classifier`.
+//!
+//! Requests arrive through a bounded queue. Continuous batching: whenever the engine is free it
+//! takes everything already queued (up to `max_batch_size`) and runs one forward pass; it never
+//! waits for a batch to fill, so a lone request runs at once. Every job carries a deadline: jobs
+//! whose deadline passed or whose requester went away are dropped before the forward pass, so an
+//! abandoned request costs no compute. Inference never runs on a tokio worker thread.
+
+use super::metrics::Metrics;
+use crate::labels::{top_k, Prediction};
+use crate::models::{Classifier, ModelKind};
+use crate::preprocess::Transform;
+use crate::{Error, Result};
+use candle_core::{Device, Tensor};
+use std::panic::AssertUnwindSafe;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// Why an engine did not produce predictions.
+#[derive(Debug)]
+pub enum EngineError {
+    /// The forward pass failed.
+    Failed(Error),
+    /// The job's deadline passed before its forward pass started.
+    Deadline,
+    /// The queue is full (admission control should prevent this).
+    QueueFull,
+    /// The engine thread is gone.
+    Stopped,
+}
+
+impl std::fmt::Display for EngineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EngineError::Failed(e) => write!(f, "{e}"),
+            EngineError::Deadline => f.write_str("deadline passed before inference"),
+            EngineError::QueueFull => f.write_str("inference queue full"),
+            EngineError::Stopped => f.write_str("inference engine stopped"),
+        }
+    }
+}
+
+/// Engine behaviour knobs.
+#[derive(Clone, Copy, Debug)]
+pub struct EngineConfig {
+    pub max_batch_size: usize,
+    /// Jobs the queue holds at most.
+    pub queue_capacity: usize,
+    /// TEST ONLY: sleep before every forward pass.
+    pub test_delay: Duration,
+    /// TEST ONLY: every forward pass fails.
+    pub test_fault: bool,
+    /// TEST ONLY: sleep before the warm-up.
+    pub test_warmup_delay: Duration,
+}
+
+struct Job {
+    input: Arc<Vec<f32>>,
+    k: usize,
+    deadline: Instant,
+    reply: oneshot::Sender<std::result::Result<Vec<Prediction>, EngineError>>,
+}
+
+/// Handle to one model's engine thread. Dropping every handle stops the thread.
+pub struct Engine {
+    kind: ModelKind,
+    tx: SyncSender<Job>,
+    metrics: Metrics,
+}
+
+/// Length of one preprocessed image (CHW f32).
+pub fn input_len() -> usize {
+    let c = Transform::IMAGENET.crop as usize;
+    3 * c * c
+}
+
+impl Engine {
+    /// Start the engine thread. It runs one warm-up inference first; the returned receiver says
+    /// whether that worked.
+    pub fn start(
+        model: Classifier,
+        cfg: EngineConfig,
+        metrics: Metrics,
+    ) -> Result<(Engine, oneshot::Receiver<Result<()>>)> {
+        let kind = model.kind();
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(cfg.queue_capacity.max(1));
+        let (warm_tx, warm_rx) = oneshot::channel();
+        let m = metrics.clone();
+        std::thread::Builder::new()
+            .name(format!("engine-{}", kind.name()))
+            .spawn(move || engine_thread(model, cfg, rx, m, warm_tx))
+            .map_err(|e| Error::Internal(format!("cannot start the engine thread: {e}")))?;
+        Ok((Engine { kind, tx, metrics }, warm_rx))
+    }
+
+    pub fn kind(&self) -> ModelKind {
+        self.kind
+    }
+
+    /// Queue one preprocessed image and wait for its top-`k` predictions.
+    pub async fn infer(
+        &self,
+        input: Arc<Vec<f32>>,
+        k: usize,
+        deadline: Instant,
+    ) -> std::result::Result<Vec<Prediction>, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            input,
+            k,
+            deadline,
+            reply,
+        };
+        let gauge = self
+            .metrics
+            .engine_queue_depth
+            .with_label_values(&[self.kind.name()]);
+        gauge.inc();
+        match self.tx.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                gauge.dec();
+                return Err(EngineError::QueueFull);
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                gauge.dec();
+                return Err(EngineError::Stopped);
+            }
+        }
+        rx.await.unwrap_or(Err(EngineError::Stopped))
+    }
+}
+
+fn engine_thread(
+    model: Classifier,
+    cfg: EngineConfig,
+    rx: Receiver<Job>,
+    metrics: Metrics,
+    warm_tx: oneshot::Sender<Result<()>>,
+) {
+    let kind = model.kind();
+    let name = kind.name();
+    if !cfg.test_warmup_delay.is_zero() {
+        std::thread::sleep(cfg.test_warmup_delay);
+    }
+    let t0 = Instant::now();
+    let warm = Tensor::zeros((1, 3, 224, 224), candle_core::DType::F32, &Device::Cpu)
+        .map_err(Error::from)
+        .and_then(|t| run_forward(&model, &t))
+        .map(|_| ());
+    match &warm {
+        Ok(()) => tracing::info!(model = name, ms = t0.elapsed().as_millis() as u64, "warm-up inference done"),
+        Err(e) => tracing::error!(model = name, error = %e, "warm-up inference failed"),
+    }
+    let failed = warm.is_err();
+    let _ = warm_tx.send(warm);
+    if failed {
+        return;
+    }
+
+    let depth = metrics.engine_queue_depth.with_label_values(&[name]);
+    let inference = metrics.inference_duration.with_label_values(&[name]);
+    let batch_hist = metrics.batch_size.with_label_values(&[name]);
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < cfg.max_batch_size {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        depth.sub(jobs.len() as i64);
+        let now = Instant::now();
+        let mut live = Vec::with_capacity(jobs.len());
+        for j in jobs {
+            if j.reply.is_closed() {
+                continue; // the requester gave up (fallback, timeout, client gone)
+            }
+            if j.deadline <= now {
+                let _ = j.reply.send(Err(EngineError::Deadline));
+                continue;
+            }
+            live.push(j);
+        }
+        if live.is_empty() {
+            continue;
+        }
+        if !cfg.test_delay.is_zero() {
+            std::thread::sleep(cfg.test_delay);
+        }
+        let t = Instant::now();
+        let result = if cfg.test_fault {
+            Err(Error::Inference(format!(
+                "test hook IMGCLASS_TEST_PRIMARY_FAULT: {name} forward pass forced to fail"
+            )))
+        } else {
+            forward_batch(&model, &live)
+        };
+        inference.observe(t.elapsed().as_secs_f64());
+        batch_hist.observe(live.len() as f64);
+        match result {
+            Ok(rows) => {
+                for (j, row) in live.into_iter().zip(rows) {
+                    let _ = j.reply.send(Ok(top_k(&row, j.k)));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(model = name, batch = live.len(), error = %e, "forward pass failed");
+                let msg = e.to_string();
+                for j in live {
+                    let _ = j
+                        .reply
+                        .send(Err(EngineError::Failed(Error::Inference(msg.clone()))));
+                }
+            }
+        }
+    }
+    tracing::debug!(model = name, "engine stopped");
+}
+
+fn forward_batch(model: &Classifier, jobs: &[Job]) -> Result<Vec<Vec<f32>>> {
+    let len = input_len();
+    let mut flat = Vec::with_capacity(jobs.len() * len);
+    for j in jobs {
+        if j.input.len() != len {
+            return Err(Error::Internal(format!(
+                "preprocessed input has {} values, expected {len}",
+                j.input.len()
+            )));
+        }
+        flat.extend_from_slice(&j.input);
+    }
+    let batch = Tensor::from_vec(flat, (jobs.len(), 3, 224, 224), &Device::Cpu)?;
+    let logits = run_forward(model, &batch)?;
+    let rows = logits.to_vec2::<f32>()?;
+    if rows.len() != jobs.len() {
+        return Err(Error::Internal(format!(
+            "model returned {} rows for a batch of {}",
+            rows.len(),
+            jobs.len()
+        )));
+    }
+    Ok(rows)
+}
+
+/// A forward pass that turns a panic inside the model into an error.
+fn run_forward(model: &Classifier, batch: &Tensor) -> Result<Tensor> {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| model.forward(batch))) {
+        Ok(r) => r,
+        Err(p) => {
+            let what = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(Error::Internal(format!("model panicked: {what}")))
+        }
+    }
+}
