@@ -1,6 +1,8 @@
 //! imgclass: fast, dependable ImageNet classification on candle (CPU).
 
 pub mod bench;
+pub mod classify;
+pub mod cli;
 pub mod error;
 pub mod labels;
 pub mod models;

@@ -2,3 +2,5 @@
 //! directory resolution and fetching (owner: CLI/weights).
 
 pub mod dir;
+pub mod fetch;
+pub mod manifest;
