@@ -1,0 +1,305 @@
+//! Preprocessing: parity with torchvision + PIL, every accepted format, every refused input.
+//! Fixtures come from `scripts/make_preprocess_fixtures.py` (committed; CI does not run it).
+
+use imgclass::preprocess::{self, DecodeLimits, Transform};
+use imgclass::Error;
+use std::path::{Path, PathBuf};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn fix(rel: &str) -> PathBuf {
+    root().join("tests/fixtures/preprocess").join(rel)
+}
+
+fn read(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()))
+}
+
+fn json(p: &Path) -> serde_json::Value {
+    serde_json::from_slice(&read(p)).unwrap()
+}
+
+/// A PNG fixture as RGB8 (PNG decoding is lossless: this is exactly what PIL wrote).
+fn png_rgb(p: &Path) -> image::RgbImage {
+    image::load_from_memory_with_format(&read(p), image::ImageFormat::Png)
+        .unwrap()
+        .to_rgb8()
+}
+
+/// (mean |Δ| in levels, max |Δ| in levels, mean |Δ| of the normalised tensor).
+fn diff(a: &image::RgbImage, b: &image::RgbImage) -> (f64, u8, f64) {
+    assert_eq!(a.dimensions(), b.dimensions(), "dimensions differ");
+    let t = Transform::IMAGENET;
+    let (mut sum, mut max, mut nsum) = (0f64, 0u8, 0f64);
+    for (pa, pb) in a.pixels().zip(b.pixels()) {
+        for c in 0..3 {
+            let d = pa[c].abs_diff(pb[c]);
+            sum += f64::from(d);
+            max = max.max(d);
+            nsum += f64::from(d) / 255.0 / f64::from(t.std[c]);
+        }
+    }
+    let n = f64::from(a.width() * a.height() * 3);
+    (sum / n, max, nsum / n)
+}
+
+#[test]
+fn samples_match_torchvision_pil_within_tolerance() {
+    let expected = json(&root().join("samples/expected.json"));
+    let names: Vec<&String> = expected.as_object().unwrap().keys().collect();
+    assert!(
+        names.len() >= 3,
+        "samples/expected.json lists {} samples",
+        names.len()
+    );
+    for name in names {
+        let bytes = read(&root().join("samples").join(name));
+        let p =
+            preprocess::preprocess(&bytes, &DecodeLimits::default(), &Transform::IMAGENET).unwrap();
+        assert_eq!(p.crop.dimensions(), (224, 224));
+        assert_eq!(p.chw.len(), 3 * 224 * 224);
+        let stem = name.trim_end_matches(".jpg");
+        let want = png_rgb(&fix(&format!("samples/{stem}.crop.png")));
+        let (mean_lv, max_lv, mean_norm) = diff(&p.crop, &want);
+        eprintln!(
+            "{name}: mean |Δ| normalised = {mean_norm:.5}, mean |Δ| = {mean_lv:.4} levels, max |Δ| = {max_lv} levels"
+        );
+        assert!(
+            mean_norm <= 0.005,
+            "{name}: mean |Δ| of the normalised tensor {mean_norm} > 0.005"
+        );
+        // The chw tensor is the normalisation of the crop.
+        assert_eq!(p.chw, preprocess::normalize(&p.crop, &Transform::IMAGENET));
+    }
+}
+
+#[test]
+fn normalize_matches_torchvision_to_tensor_and_normalize() {
+    let probe = json(&fix("samples/probe.json"));
+    for (name, pr) in probe.as_object().unwrap() {
+        let stem = name.trim_end_matches(".jpg");
+        let crop = png_rgb(&fix(&format!("samples/{stem}.crop.png")));
+        let chw = preprocess::normalize(&crop, &Transform::IMAGENET);
+        let n = 224 * 224;
+        for v in pr["values"].as_array().unwrap() {
+            let v = v.as_array().unwrap();
+            let (c, y, x) = (
+                v[0].as_u64().unwrap() as usize,
+                v[1].as_u64().unwrap() as usize,
+                v[2].as_u64().unwrap() as usize,
+            );
+            let want = v[3].as_f64().unwrap() as f32;
+            let got = chw[c * n + y * 224 + x];
+            assert!(
+                (got - want).abs() <= 1e-6,
+                "{name} [{c},{y},{x}]: {got} vs torchvision {want}"
+            );
+        }
+        for (c, s) in pr["channel_sums"].as_array().unwrap().iter().enumerate() {
+            let got: f64 = chw[c * n..(c + 1) * n].iter().map(|&v| f64::from(v)).sum();
+            let want = s.as_f64().unwrap();
+            assert!(
+                (got - want).abs() <= 1e-3 * want.abs().max(1.0),
+                "{name} channel {c} sum {got} vs {want}"
+            );
+        }
+    }
+}
+
+#[test]
+fn resize_and_crop_are_bit_exact_with_pil_on_lossless_inputs() {
+    let cases = json(&fix("resize.json"));
+    let cases = cases.as_array().unwrap();
+    assert!(cases.len() >= 5);
+    for case in cases {
+        let file = case["file"].as_str().unwrap();
+        let input = png_rgb(&fix(&format!("resize/{file}")));
+        let want = png_rgb(&fix(&format!(
+            "resize/{}",
+            case["expected"].as_str().unwrap()
+        )));
+        let got = preprocess::resize_center_crop(&input, &Transform::IMAGENET).unwrap();
+        let (mean, max, _) = diff(&got, &want);
+        assert_eq!(
+            max, 0,
+            "{file}: resize differs from PIL (mean {mean} levels, max {max})"
+        );
+    }
+}
+
+#[test]
+fn every_format_decodes_like_pil() {
+    let cases = json(&fix("formats.json"));
+    let cases = cases.as_array().unwrap();
+    assert!(cases.len() >= 15);
+    for case in cases {
+        let file = case["file"].as_str().unwrap();
+        let got = preprocess::decode(
+            &read(&fix(&format!("formats/{file}"))),
+            &DecodeLimits::default(),
+        )
+        .unwrap_or_else(|e| panic!("{file}: {e}"));
+        let want = png_rgb(&fix(&format!(
+            "formats/{}",
+            case["expected"].as_str().unwrap()
+        )));
+        assert_eq!(
+            got.dimensions(),
+            want.dimensions(),
+            "{file}: dimensions (orientation?)"
+        );
+        let (mean, max, _) = diff(&got, &want);
+        eprintln!("{file}: mean |Δ| = {mean:.3} levels, max |Δ| = {max}");
+        let max_ok = case["max_abs"].as_u64().unwrap() as u8;
+        let mean_ok = case["mean_abs"].as_f64().unwrap();
+        assert!(
+            max <= max_ok && mean <= mean_ok,
+            "{file}: mean {mean} (≤ {mean_ok}), max {max} (≤ {max_ok})"
+        );
+        // The whole pipeline runs on every format.
+        let p = preprocess::preprocess(
+            &read(&fix(&format!("formats/{file}"))),
+            &DecodeLimits::default(),
+            &Transform::IMAGENET,
+        )
+        .unwrap();
+        assert_eq!(p.crop.dimensions(), (224, 224));
+    }
+}
+
+#[test]
+fn exif_orientation_6_is_applied() {
+    let img =
+        preprocess::decode(&read(&fix("formats/exif6.jpg")), &DecodeLimits::default()).unwrap();
+    // Stored 48x32 with orientation 6 (rotate 90° clockwise to display) → 32x48.
+    assert_eq!(img.dimensions(), (32, 48));
+    let plain = preprocess::decode(
+        &read(&fix("formats/baseline.jpg")),
+        &DecodeLimits::default(),
+    )
+    .unwrap();
+    assert_eq!(plain.dimensions(), (48, 32));
+    // Displayed top-left pixel is the stored bottom-left one.
+    let (a, b) = (img.get_pixel(0, 0), plain.get_pixel(0, 31));
+    for c in 0..3 {
+        assert!(a[c].abs_diff(b[c]) <= 12, "{a:?} vs {b:?}");
+    }
+}
+
+#[test]
+fn bad_inputs_are_refused_with_the_right_error() {
+    let cases = json(&fix("bad.json"));
+    let cases = cases.as_array().unwrap();
+    assert!(cases.len() >= 8);
+    for case in cases {
+        let file = case["file"].as_str().unwrap();
+        let want = case["error_type"].as_str().unwrap();
+        let r = preprocess::preprocess(
+            &read(&fix(&format!("bad/{file}"))),
+            &DecodeLimits::default(),
+            &Transform::IMAGENET,
+        );
+        match r {
+            Ok(_) => panic!("{file}: accepted, expected {want}"),
+            Err(e) => {
+                eprintln!("{file}: {} ({e})", e.error_type());
+                assert_eq!(e.error_type(), want, "{file}: {e}");
+                assert!(e.is_client_error(), "{file}: {e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn empty_input_is_refused() {
+    let e = preprocess::decode(&[], &DecodeLimits::default()).unwrap_err();
+    assert!(matches!(e, Error::EmptyInput), "{e}");
+}
+
+#[test]
+fn declared_size_over_the_limit_is_refused_with_its_dimensions() {
+    let e = preprocess::decode(&read(&fix("bad/huge.png")), &DecodeLimits::default()).unwrap_err();
+    match e {
+        Error::ImageTooLarge {
+            width,
+            height,
+            pixels,
+            limit,
+        } => {
+            assert_eq!(
+                (width, height, pixels, limit),
+                (100_000, 100_000, 10_000_000_000, 100_000_000)
+            );
+        }
+        other => panic!("expected ImageTooLarge, got {other}"),
+    }
+    let e = preprocess::decode(&read(&fix("bad/huge.jpg")), &DecodeLimits::default()).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::ImageTooLarge {
+                width: 60_000,
+                height: 60_000,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // A lower limit applies to every format.
+    let small = DecodeLimits { max_pixels: 1000 };
+    for f in [
+        "formats/rgb8.png",
+        "formats/progressive.jpg",
+        "formats/lossless.webp",
+        "formats/anim.gif",
+        "formats/image.tiff",
+        "formats/image.bmp",
+    ] {
+        let e = preprocess::decode(&read(&fix(f)), &small).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::ImageTooLarge {
+                    width: 48,
+                    height: 32,
+                    pixels: 1536,
+                    limit: 1000
+                }
+            ),
+            "{f}: {e}"
+        );
+    }
+}
+
+#[test]
+fn mutated_inputs_never_panic() {
+    // Truncations and byte flips of every fixture: each call returns Ok or an Err, never panics.
+    let cases = json(&fix("formats.json"));
+    let mut runs = 0;
+    for case in cases.as_array().unwrap() {
+        let bytes = read(&fix(&format!("formats/{}", case["file"].as_str().unwrap())));
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ bytes.len() as u64;
+        for k in 0..40usize {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let mut m = bytes.clone();
+            if k % 2 == 0 {
+                m.truncate((seed as usize) % bytes.len());
+            } else {
+                for j in 0..4 {
+                    let pos = ((seed >> (j * 16)) as usize) % m.len();
+                    m[pos] ^= (seed >> (j * 8)) as u8 | 1;
+                }
+            }
+            let r = preprocess::preprocess(&m, &DecodeLimits::default(), &Transform::IMAGENET);
+            if let Err(e) = r {
+                assert!(e.is_client_error(), "{}: {e}", case["file"]);
+            }
+            runs += 1;
+        }
+    }
+    assert!(runs > 500);
+}
