@@ -50,4 +50,125 @@ impl fmt::Display for ModelKind {
 }
 
 mod classifier;
+pub mod mobilenet_v3;
+pub mod resnet;
 pub use classifier::Classifier;
+
+use crate::ops::{self, Activation, ConvParams};
+use candle_core::{DType, Result as CResult, Tensor};
+use candle_nn::VarBuilder;
+
+/// Geometry and activation of one convolution followed by a BatchNorm (torchvision's `bias=False` conv).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ConvBnConfig {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub groups: usize,
+    /// BatchNorm epsilon (1e-5 in ResNet, 1e-3 in MobileNetV3).
+    pub eps: f64,
+    /// Applied after the BatchNorm (and after the residual add, when there is one).
+    pub act: Activation,
+}
+
+impl ConvBnConfig {
+    /// torchvision's symmetric padding `(k - 1) / 2` (dilation 1).
+    pub fn padding(&self) -> usize {
+        (self.kernel - 1) / 2
+    }
+
+    /// The conv weight's shape `[O, I/groups, k, k]`.
+    pub fn weight_shape(&self) -> Vec<usize> {
+        vec![
+            self.out_channels,
+            self.in_channels / self.groups,
+            self.kernel,
+            self.kernel,
+        ]
+    }
+
+    /// state_dict entries of the conv at `conv` and its BatchNorm at `bn`.
+    pub(crate) fn push_shapes(&self, conv: &str, bn: &str, out: &mut Vec<(String, Vec<usize>)>) {
+        out.push((format!("{conv}.weight"), self.weight_shape()));
+        for leaf in ["weight", "bias", "running_mean", "running_var"] {
+            out.push((format!("{bn}.{leaf}"), vec![self.out_channels]));
+        }
+    }
+}
+
+/// A convolution with its BatchNorm folded in at load time:
+/// `w' = w * gamma / sqrt(var + eps)`, `b' = beta - mean * gamma / sqrt(var + eps)`.
+#[derive(Clone, Debug)]
+pub struct FoldedConv {
+    weight: Tensor,
+    bias: Tensor,
+    params: ConvParams,
+    act: Activation,
+}
+
+impl FoldedConv {
+    /// Read the conv weight from `conv` and the BatchNorm from `bn`, and fold them.
+    pub fn new(conv: VarBuilder, bn: VarBuilder, cfg: &ConvBnConfig) -> CResult<Self> {
+        let w = conv.get(cfg.weight_shape(), "weight")?;
+        let c = cfg.out_channels;
+        let gamma = bn.get(c, "weight")?;
+        let beta = bn.get(c, "bias")?;
+        let mean = bn.get(c, "running_mean")?;
+        let var = bn.get(c, "running_var")?;
+        // Fold in f64, round once to f32.
+        let scale =
+            (gamma.to_dtype(DType::F64)? / (var.to_dtype(DType::F64)? + cfg.eps)?.sqrt()?)?;
+        let weight = w
+            .to_dtype(DType::F64)?
+            .broadcast_mul(&scale.reshape((c, 1, 1, 1))?)?
+            .to_dtype(DType::F32)?
+            .contiguous()?;
+        let bias = (beta.to_dtype(DType::F64)? - (mean.to_dtype(DType::F64)? * scale)?)?
+            .to_dtype(DType::F32)?
+            .contiguous()?;
+        Ok(Self {
+            weight,
+            bias,
+            params: ConvParams {
+                stride: cfg.stride,
+                padding: cfg.padding(),
+                groups: cfg.groups,
+            },
+            act: cfg.act,
+        })
+    }
+
+    /// `act(conv(x) + b [+ residual])`, through [`crate::ops::conv2d`].
+    pub fn forward_with(&self, x: &Tensor, residual: Option<&Tensor>) -> CResult<Tensor> {
+        ops::conv2d(
+            x,
+            &self.weight,
+            Some(&self.bias),
+            self.params,
+            self.act,
+            residual,
+        )
+    }
+}
+
+impl candle_core::Module for FoldedConv {
+    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        self.forward_with(x, None)
+    }
+}
+
+/// Global average pooling `[N,C,H,W] -> [N,C]`.
+pub(crate) fn global_avg_pool(x: &Tensor) -> CResult<Tensor> {
+    x.flatten_from(2)?.mean(2)
+}
+
+/// torch.nn.Hardswish outside a convolution: `x * relu6(x + 3) / 6`.
+pub(crate) fn hardswish(x: &Tensor) -> CResult<Tensor> {
+    x.mul(&((x + 3.0)?.clamp(0f32, 6f32)? / 6.0)?)
+}
+
+/// torch.nn.Hardsigmoid: `relu6(x + 3) / 6`.
+pub(crate) fn hardsigmoid(x: &Tensor) -> CResult<Tensor> {
+    (x + 3.0)?.clamp(0f32, 6f32)? / 6.0
+}

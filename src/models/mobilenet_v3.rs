@@ -1,0 +1,458 @@
+//! torchvision's MobileNetV3 (`mobilenet_v3_large`). BatchNorm is folded into each convolution at load time.
+//!
+//! Attribute paths mirror torchvision: `features.0.{0,1}` (stem conv/BN), `features.{1..15}.block.M.{0,1}`
+//! (Conv2dNormActivation), `features.N.block.K.fc1/fc2` (SqueezeExcitation), `features.16.{0,1}`
+//! (last conv), `classifier.0` / `classifier.3` (Linear; `.1` Hardswish and `.2` Dropout have no weights).
+
+use super::{global_avg_pool, hardsigmoid, hardswish, ConvBnConfig, FoldedConv};
+use crate::ops::{self, Activation, ConvParams};
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Linear, VarBuilder};
+
+/// torchvision's `InvertedResidualConfig` (width_mult 1.0, dilation 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InvertedResidualConfig {
+    pub input_channels: usize,
+    pub kernel: usize,
+    pub expanded_channels: usize,
+    pub out_channels: usize,
+    pub use_se: bool,
+    /// Hardswish ("HS") rather than ReLU ("RE").
+    pub use_hs: bool,
+    pub stride: usize,
+}
+
+const fn bneck(
+    input_channels: usize,
+    kernel: usize,
+    expanded_channels: usize,
+    out_channels: usize,
+    use_se: bool,
+    use_hs: bool,
+    stride: usize,
+) -> InvertedResidualConfig {
+    InvertedResidualConfig {
+        input_channels,
+        kernel,
+        expanded_channels,
+        out_channels,
+        use_se,
+        use_hs,
+        stride,
+    }
+}
+
+const RE: bool = false;
+const HS: bool = true;
+
+/// The 15 inverted-residual blocks of MobileNetV3-Large (torchvision's `_mobilenet_v3_conf`).
+pub const MOBILENET_V3_LARGE_BLOCKS: [InvertedResidualConfig; 15] = [
+    bneck(16, 3, 16, 16, false, RE, 1),
+    bneck(16, 3, 64, 24, false, RE, 2),
+    bneck(24, 3, 72, 24, false, RE, 1),
+    bneck(24, 5, 72, 40, true, RE, 2),
+    bneck(40, 5, 120, 40, true, RE, 1),
+    bneck(40, 5, 120, 40, true, RE, 1),
+    bneck(40, 3, 240, 80, false, HS, 2),
+    bneck(80, 3, 200, 80, false, HS, 1),
+    bneck(80, 3, 184, 80, false, HS, 1),
+    bneck(80, 3, 184, 80, false, HS, 1),
+    bneck(80, 3, 480, 112, true, HS, 1),
+    bneck(112, 3, 672, 112, true, HS, 1),
+    bneck(112, 5, 672, 160, true, HS, 2),
+    bneck(160, 5, 960, 160, true, HS, 1),
+    bneck(160, 5, 960, 160, true, HS, 1),
+];
+
+/// The whole architecture as data.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MobileNetV3Config {
+    pub blocks: &'static [InvertedResidualConfig],
+    pub stem_channels: usize,
+    /// Output channels of the last `Conv2dNormActivation` (6 x the last block's output).
+    pub last_conv_channels: usize,
+    /// Hidden width of the classifier.
+    pub last_channel: usize,
+    pub num_classes: usize,
+    pub bn_eps: f64,
+}
+
+impl MobileNetV3Config {
+    /// torchvision.models.mobilenet_v3_large.
+    pub fn large() -> Self {
+        Self {
+            blocks: &MOBILENET_V3_LARGE_BLOCKS,
+            stem_channels: 16,
+            last_conv_channels: 960,
+            last_channel: 1280,
+            num_classes: 1000,
+            bn_eps: 1e-3,
+        }
+    }
+
+    fn stem(&self) -> ConvBnConfig {
+        ConvBnConfig {
+            in_channels: 3,
+            out_channels: self.stem_channels,
+            kernel: 3,
+            stride: 2,
+            groups: 1,
+            eps: self.bn_eps,
+            act: Activation::Hardswish,
+        }
+    }
+
+    fn last_conv(&self) -> ConvBnConfig {
+        let last_in = self
+            .blocks
+            .last()
+            .map_or(self.stem_channels, |b| b.out_channels);
+        ConvBnConfig {
+            in_channels: last_in,
+            out_channels: self.last_conv_channels,
+            kernel: 1,
+            stride: 1,
+            groups: 1,
+            eps: self.bn_eps,
+            act: Activation::Hardswish,
+        }
+    }
+
+    /// torchvision's state_dict keys and shapes (without `num_batches_tracked`), in its order.
+    pub fn state_dict_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let mut out = Vec::new();
+        self.stem()
+            .push_shapes("features.0.0", "features.0.1", &mut out);
+        for (i, b) in self.blocks.iter().enumerate() {
+            let p = format!("features.{}.block", i + 1);
+            for (m, layer) in block_layers(b, self.bn_eps).iter().enumerate() {
+                match layer {
+                    BlockLayer::Conv(c) => {
+                        c.push_shapes(&format!("{p}.{m}.0"), &format!("{p}.{m}.1"), &mut out)
+                    }
+                    BlockLayer::Se { channels, squeeze } => {
+                        out.push((
+                            format!("{p}.{m}.fc1.weight"),
+                            vec![*squeeze, *channels, 1, 1],
+                        ));
+                        out.push((format!("{p}.{m}.fc1.bias"), vec![*squeeze]));
+                        out.push((
+                            format!("{p}.{m}.fc2.weight"),
+                            vec![*channels, *squeeze, 1, 1],
+                        ));
+                        out.push((format!("{p}.{m}.fc2.bias"), vec![*channels]));
+                    }
+                }
+            }
+        }
+        let n = self.blocks.len() + 1;
+        self.last_conv().push_shapes(
+            &format!("features.{n}.0"),
+            &format!("features.{n}.1"),
+            &mut out,
+        );
+        out.push((
+            "classifier.0.weight".into(),
+            vec![self.last_channel, self.last_conv_channels],
+        ));
+        out.push(("classifier.0.bias".into(), vec![self.last_channel]));
+        out.push((
+            "classifier.3.weight".into(),
+            vec![self.num_classes, self.last_channel],
+        ));
+        out.push(("classifier.3.bias".into(), vec![self.num_classes]));
+        out
+    }
+}
+
+/// torchvision's `_make_divisible(v, divisor)` (min_value = divisor).
+pub fn make_divisible(v: f64, divisor: usize) -> usize {
+    let d = divisor as f64;
+    let mut new_v = ((v + d / 2.0) / d).floor() as usize * divisor;
+    new_v = new_v.max(divisor);
+    if (new_v as f64) < 0.9 * v {
+        new_v += divisor;
+    }
+    new_v
+}
+
+/// The entries of an InvertedResidual's `block` Sequential, in order.
+enum BlockLayer {
+    Conv(ConvBnConfig),
+    Se { channels: usize, squeeze: usize },
+}
+
+fn block_layers(cfg: &InvertedResidualConfig, eps: f64) -> Vec<BlockLayer> {
+    let act = if cfg.use_hs {
+        Activation::Hardswish
+    } else {
+        Activation::Relu
+    };
+    let exp = cfg.expanded_channels;
+    let mut layers = Vec::with_capacity(4);
+    if exp != cfg.input_channels {
+        layers.push(BlockLayer::Conv(ConvBnConfig {
+            in_channels: cfg.input_channels,
+            out_channels: exp,
+            kernel: 1,
+            stride: 1,
+            groups: 1,
+            eps,
+            act,
+        }));
+    }
+    layers.push(BlockLayer::Conv(ConvBnConfig {
+        in_channels: exp,
+        out_channels: exp,
+        kernel: cfg.kernel,
+        stride: cfg.stride,
+        groups: exp,
+        eps,
+        act,
+    }));
+    if cfg.use_se {
+        layers.push(BlockLayer::Se {
+            channels: exp,
+            squeeze: make_divisible((exp / 4) as f64, 8),
+        });
+    }
+    // project: no activation (the residual, when there is one, is fused into this conv)
+    layers.push(BlockLayer::Conv(ConvBnConfig {
+        in_channels: exp,
+        out_channels: cfg.out_channels,
+        kernel: 1,
+        stride: 1,
+        groups: 1,
+        eps,
+        act: Activation::None,
+    }));
+    layers
+}
+
+/// torchvision's `Conv2dNormActivation`: conv (`.0`) + BatchNorm (`.1`, folded) + activation.
+#[derive(Clone, Debug)]
+pub struct Conv2dNormActivation {
+    conv: FoldedConv,
+}
+
+impl Conv2dNormActivation {
+    pub fn new(vb: VarBuilder, cfg: &ConvBnConfig) -> Result<Self> {
+        Ok(Self {
+            conv: FoldedConv::new(vb.pp("0"), vb.pp("1"), cfg)?,
+        })
+    }
+
+    pub fn forward_with(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+        self.conv.forward_with(x, residual)
+    }
+}
+
+impl Module for Conv2dNormActivation {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.conv.forward(x)
+    }
+}
+
+/// Squeeze-excite block configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SqueezeExcitationConfig {
+    pub channels: usize,
+    pub squeeze_channels: usize,
+}
+
+/// torchvision's `SqueezeExcitation(scale_activation=Hardsigmoid)`:
+/// `x * hardsigmoid(fc2(relu(fc1(avgpool(x)))))`, fc1/fc2 being 1x1 convs with bias.
+#[derive(Clone, Debug)]
+pub struct SqueezeExcitation {
+    fc1_w: Tensor,
+    fc1_b: Tensor,
+    fc2_w: Tensor,
+    fc2_b: Tensor,
+}
+
+const POINTWISE: ConvParams = ConvParams {
+    stride: 1,
+    padding: 0,
+    groups: 1,
+};
+
+impl SqueezeExcitation {
+    pub fn new(vb: VarBuilder, cfg: &SqueezeExcitationConfig) -> Result<Self> {
+        let (c, s) = (cfg.channels, cfg.squeeze_channels);
+        Ok(Self {
+            fc1_w: vb.pp("fc1").get((s, c, 1, 1), "weight")?,
+            fc1_b: vb.pp("fc1").get(s, "bias")?,
+            fc2_w: vb.pp("fc2").get((c, s, 1, 1), "weight")?,
+            fc2_b: vb.pp("fc2").get(c, "bias")?,
+        })
+    }
+}
+
+impl Module for SqueezeExcitation {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let pooled = x.mean_keepdim((2, 3))?;
+        let s = ops::conv2d(
+            &pooled,
+            &self.fc1_w,
+            Some(&self.fc1_b),
+            POINTWISE,
+            Activation::Relu,
+            None,
+        )?;
+        let s = ops::conv2d(
+            &s,
+            &self.fc2_w,
+            Some(&self.fc2_b),
+            POINTWISE,
+            Activation::None,
+            None,
+        )?;
+        x.broadcast_mul(&hardsigmoid(&s)?)
+    }
+}
+
+/// torchvision's `InvertedResidual`: [expand 1x1] → depthwise kxk → [SqueezeExcitation] → project 1x1
+/// (+ input when stride 1 and channels unchanged).
+#[derive(Clone, Debug)]
+pub struct InvertedResidual {
+    expand: Option<Conv2dNormActivation>,
+    depthwise: Conv2dNormActivation,
+    se: Option<SqueezeExcitation>,
+    project: Conv2dNormActivation,
+    use_res_connect: bool,
+}
+
+/// An InvertedResidualConfig with the network's BatchNorm epsilon.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct InvertedResidualSpec {
+    pub block: InvertedResidualConfig,
+    pub bn_eps: f64,
+}
+
+impl InvertedResidual {
+    pub fn new(vb: VarBuilder, spec: &InvertedResidualSpec) -> Result<Self> {
+        let cfg = &spec.block;
+        let vb = vb.pp("block");
+        let (mut expand, mut depthwise, mut se, mut project) = (None, None, None, None);
+        for (m, layer) in block_layers(cfg, spec.bn_eps).iter().enumerate() {
+            match layer {
+                BlockLayer::Se { channels, squeeze } => {
+                    se = Some(SqueezeExcitation::new(
+                        vb.pp(m),
+                        &SqueezeExcitationConfig {
+                            channels: *channels,
+                            squeeze_channels: *squeeze,
+                        },
+                    )?)
+                }
+                BlockLayer::Conv(c) => {
+                    let layer = Some(Conv2dNormActivation::new(vb.pp(m), c)?);
+                    if c.groups > 1 {
+                        depthwise = layer;
+                    } else if c.act == Activation::None {
+                        project = layer;
+                    } else {
+                        expand = layer;
+                    }
+                }
+            }
+        }
+        let (Some(depthwise), Some(project)) = (depthwise, project) else {
+            candle_core::bail!("inverted residual block without depthwise or project conv");
+        };
+        Ok(Self {
+            expand,
+            depthwise,
+            se,
+            project,
+            use_res_connect: cfg.stride == 1 && cfg.input_channels == cfg.out_channels,
+        })
+    }
+}
+
+impl Module for InvertedResidual {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = match &self.expand {
+            Some(e) => e.forward(x)?,
+            None => x.clone(),
+        };
+        let mut y = self.depthwise.forward(&y)?;
+        if let Some(se) = &self.se {
+            y = se.forward(&y)?;
+        }
+        self.project
+            .forward_with(&y, self.use_res_connect.then_some(x))
+    }
+}
+
+/// torchvision's `MobileNetV3`: features (stem, 15 InvertedResiduals, last conv), avgpool, classifier.
+#[derive(Clone, Debug)]
+pub struct MobileNetV3 {
+    stem: Conv2dNormActivation,
+    blocks: Vec<InvertedResidual>,
+    last_conv: Conv2dNormActivation,
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl MobileNetV3 {
+    pub fn new(vb: VarBuilder, cfg: &MobileNetV3Config) -> Result<Self> {
+        let features = vb.pp("features");
+        let stem = Conv2dNormActivation::new(features.pp(0), &cfg.stem())?;
+        let blocks = cfg
+            .blocks
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                InvertedResidual::new(
+                    features.pp(i + 1),
+                    &InvertedResidualSpec {
+                        block: *b,
+                        bn_eps: cfg.bn_eps,
+                    },
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let last_conv =
+            Conv2dNormActivation::new(features.pp(cfg.blocks.len() + 1), &cfg.last_conv())?;
+        let classifier = vb.pp("classifier");
+        let fc1 = candle_nn::linear(cfg.last_conv_channels, cfg.last_channel, classifier.pp(0))?;
+        let fc2 = candle_nn::linear(cfg.last_channel, cfg.num_classes, classifier.pp(3))?;
+        Ok(Self {
+            stem,
+            blocks,
+            last_conv,
+            fc1,
+            fc2,
+        })
+    }
+}
+
+impl Module for MobileNetV3 {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut x = self.stem.forward(x)?;
+        for b in &self.blocks {
+            x = b.forward(&x)?;
+        }
+        let x = global_avg_pool(&self.last_conv.forward(&x)?)?;
+        // classifier: Linear, Hardswish, Dropout (identity in eval), Linear
+        let x = hardswish(&self.fc1.forward(&x)?)?;
+        self.fc2.forward(&x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn make_divisible_matches_torchvision() {
+        // _make_divisible(ch // 4, 8) of the SE blocks of MobileNetV3-Large
+        assert_eq!(make_divisible(18.0, 8), 24);
+        assert_eq!(make_divisible(30.0, 8), 32);
+        assert_eq!(make_divisible(120.0, 8), 120);
+        assert_eq!(make_divisible(168.0, 8), 168);
+        assert_eq!(make_divisible(240.0, 8), 240);
+        assert_eq!(make_divisible(3.0, 8), 8);
+    }
+}

@@ -1,0 +1,237 @@
+//! torchvision's ResNet with Bottleneck blocks (V1.5: the stride is on the 3x3 conv), as used by
+//! `wide_resnet50_2`. BatchNorm is folded into each convolution at load time.
+//!
+//! Attribute paths mirror torchvision: `conv1`, `bn1`, `layer{1..4}.{i}.conv{1,2,3}`, `.bn{1,2,3}`,
+//! `.downsample.0` (conv1x1) / `.downsample.1` (BatchNorm), `fc`.
+
+use super::{global_avg_pool, ConvBnConfig, FoldedConv};
+use crate::ops::Activation;
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Linear, VarBuilder};
+
+/// The architecture as data: torchvision's `ResNet(block=Bottleneck, layers, width_per_group, groups)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResNetConfig {
+    /// Number of Bottleneck blocks per stage (`layer1..layer4`).
+    pub layers: [usize; 4],
+    /// 64 for ResNet-50, 128 for Wide ResNet-50-2.
+    pub width_per_group: usize,
+    pub groups: usize,
+    pub num_classes: usize,
+    pub bn_eps: f64,
+}
+
+/// Bottleneck output channels = planes * EXPANSION.
+pub const EXPANSION: usize = 4;
+const STEM_CHANNELS: usize = 64;
+
+impl ResNetConfig {
+    /// torchvision.models.wide_resnet50_2.
+    pub fn wide_resnet50_2() -> Self {
+        Self {
+            layers: [3, 4, 6, 3],
+            width_per_group: 128,
+            groups: 1,
+            num_classes: 1000,
+            bn_eps: 1e-5,
+        }
+    }
+
+    fn stem(&self) -> ConvBnConfig {
+        ConvBnConfig {
+            in_channels: 3,
+            out_channels: STEM_CHANNELS,
+            kernel: 7,
+            stride: 2,
+            groups: 1,
+            eps: self.bn_eps,
+            act: Activation::Relu,
+        }
+    }
+
+    /// Every block as `(stage index 1..=4, block index, config)`, in torchvision's order.
+    pub fn blocks(&self) -> Vec<(usize, usize, BottleneckConfig)> {
+        let mut out = Vec::new();
+        let mut inplanes = STEM_CHANNELS;
+        for (s, &n) in self.layers.iter().enumerate() {
+            let planes = STEM_CHANNELS << s;
+            let width = planes * self.width_per_group / 64 * self.groups;
+            let out_channels = planes * EXPANSION;
+            for i in 0..n {
+                let stride = if i == 0 && s > 0 { 2 } else { 1 };
+                out.push((
+                    s + 1,
+                    i,
+                    BottleneckConfig {
+                        inplanes,
+                        width,
+                        out_channels,
+                        stride,
+                        groups: self.groups,
+                        downsample: stride != 1 || inplanes != out_channels,
+                        eps: self.bn_eps,
+                    },
+                ));
+                inplanes = out_channels;
+            }
+        }
+        out
+    }
+
+    /// Channels entering `fc`.
+    pub fn feature_channels(&self) -> usize {
+        (STEM_CHANNELS << 3) * EXPANSION
+    }
+
+    /// torchvision's state_dict keys and shapes (without `num_batches_tracked`), in its order.
+    pub fn state_dict_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let mut out = Vec::new();
+        self.stem().push_shapes("conv1", "bn1", &mut out);
+        for (s, i, b) in self.blocks() {
+            let p = format!("layer{s}.{i}");
+            let [c1, c2, c3] = b.convs();
+            c1.push_shapes(&format!("{p}.conv1"), &format!("{p}.bn1"), &mut out);
+            c2.push_shapes(&format!("{p}.conv2"), &format!("{p}.bn2"), &mut out);
+            c3.push_shapes(&format!("{p}.conv3"), &format!("{p}.bn3"), &mut out);
+            if let Some(d) = b.downsample_conv() {
+                d.push_shapes(
+                    &format!("{p}.downsample.0"),
+                    &format!("{p}.downsample.1"),
+                    &mut out,
+                );
+            }
+        }
+        out.push((
+            "fc.weight".into(),
+            vec![self.num_classes, self.feature_channels()],
+        ));
+        out.push(("fc.bias".into(), vec![self.num_classes]));
+        out
+    }
+}
+
+/// One torchvision `Bottleneck`: 1x1 (reduce) → 3x3 (stride) → 1x1 (expand), plus identity or downsample.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BottleneckConfig {
+    pub inplanes: usize,
+    pub width: usize,
+    pub out_channels: usize,
+    pub stride: usize,
+    pub groups: usize,
+    pub downsample: bool,
+    pub eps: f64,
+}
+
+impl BottleneckConfig {
+    fn convs(&self) -> [ConvBnConfig; 3] {
+        let c = |i, o, k, s, g, act| ConvBnConfig {
+            in_channels: i,
+            out_channels: o,
+            kernel: k,
+            stride: s,
+            groups: g,
+            eps: self.eps,
+            act,
+        };
+        [
+            c(self.inplanes, self.width, 1, 1, 1, Activation::Relu),
+            c(
+                self.width,
+                self.width,
+                3,
+                self.stride,
+                self.groups,
+                Activation::Relu,
+            ),
+            // relu(bn3(conv3(x)) + identity): residual and ReLU fused into the conv
+            c(self.width, self.out_channels, 1, 1, 1, Activation::Relu),
+        ]
+    }
+
+    fn downsample_conv(&self) -> Option<ConvBnConfig> {
+        self.downsample.then_some(ConvBnConfig {
+            in_channels: self.inplanes,
+            out_channels: self.out_channels,
+            kernel: 1,
+            stride: self.stride,
+            groups: 1,
+            eps: self.eps,
+            act: Activation::None,
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Bottleneck {
+    conv1: FoldedConv,
+    conv2: FoldedConv,
+    conv3: FoldedConv,
+    downsample: Option<FoldedConv>,
+}
+
+impl Bottleneck {
+    pub fn new(vb: VarBuilder, cfg: &BottleneckConfig) -> Result<Self> {
+        let [c1, c2, c3] = cfg.convs();
+        let downsample = match cfg.downsample_conv() {
+            Some(d) => {
+                let vd = vb.pp("downsample");
+                Some(FoldedConv::new(vd.pp("0"), vd.pp("1"), &d)?)
+            }
+            None => None,
+        };
+        Ok(Self {
+            conv1: FoldedConv::new(vb.pp("conv1"), vb.pp("bn1"), &c1)?,
+            conv2: FoldedConv::new(vb.pp("conv2"), vb.pp("bn2"), &c2)?,
+            conv3: FoldedConv::new(vb.pp("conv3"), vb.pp("bn3"), &c3)?,
+            downsample,
+        })
+    }
+}
+
+impl Module for Bottleneck {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let identity = match &self.downsample {
+            Some(d) => d.forward(x)?,
+            None => x.clone(),
+        };
+        let y = self.conv1.forward(x)?;
+        let y = self.conv2.forward(&y)?;
+        self.conv3.forward_with(&y, Some(&identity))
+    }
+}
+
+/// torchvision's `ResNet`: stem (conv1/bn1/relu/maxpool), four stages of Bottlenecks, avgpool, fc.
+#[derive(Clone, Debug)]
+pub struct ResNet {
+    conv1: FoldedConv,
+    blocks: Vec<Bottleneck>,
+    fc: Linear,
+}
+
+impl ResNet {
+    pub fn new(vb: VarBuilder, cfg: &ResNetConfig) -> Result<Self> {
+        let conv1 = FoldedConv::new(vb.pp("conv1"), vb.pp("bn1"), &cfg.stem())?;
+        let blocks = cfg
+            .blocks()
+            .iter()
+            .map(|(s, i, b)| Bottleneck::new(vb.pp(format!("layer{s}")).pp(i), b))
+            .collect::<Result<Vec<_>>>()?;
+        let fc = candle_nn::linear(cfg.feature_channels(), cfg.num_classes, vb.pp("fc"))?;
+        Ok(Self { conv1, blocks, fc })
+    }
+}
+
+impl Module for ResNet {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = self.conv1.forward(x)?;
+        // maxpool(3, stride 2, padding 1): the input is post-ReLU (>= 0), so zero padding is exact.
+        let mut x = x
+            .pad_with_zeros(2, 1, 1)?
+            .pad_with_zeros(3, 1, 1)?
+            .max_pool2d_with_stride(3, 2)?;
+        for b in &self.blocks {
+            x = b.forward(&x)?;
+        }
+        self.fc.forward(&global_avg_pool(&x)?)
+    }
+}
