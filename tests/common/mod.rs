@@ -153,7 +153,7 @@ pub fn test_image(w: u32, h: u32, seed: u32) -> image::RgbImage {
         let s = seed.wrapping_mul(2654435761);
         let r = ((x * 255) / w.max(1)) as u8 ^ (s as u8);
         let g = ((y * 255) / h.max(1)) as u8 ^ ((s >> 8) as u8);
-        let b = if ((x / 16) + (y / 16) + seed) % 3 == 0 {
+        let b = if ((x / 16) + (y / 16) + seed).is_multiple_of(3) {
             (s >> 16) as u8
         } else {
             ((x + y) % 256) as u8
@@ -189,4 +189,93 @@ pub fn list_dir(dir: &Path) -> Vec<String> {
         .unwrap_or_default();
     v.sort();
     v
+}
+
+/// Write `tensors` (f32) as a torchvision-style zip `.pth` (what `torch.save(state_dict, path)`
+/// writes: `archive/data.pkl` pickling an OrderedDict of `torch._utils._rebuild_tensor_v2` calls,
+/// one stored `archive/data/<i>` entry per tensor). Returns the bytes.
+pub fn torch_pth_bytes(tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Vec<u8> {
+    use std::io::Write;
+    fn global(p: &mut Vec<u8>, module: &str, name: &str) {
+        p.push(b'c');
+        p.extend_from_slice(module.as_bytes());
+        p.push(b'\n');
+        p.extend_from_slice(name.as_bytes());
+        p.push(b'\n');
+    }
+    fn unicode(p: &mut Vec<u8>, s: &str) {
+        p.push(b'X');
+        p.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        p.extend_from_slice(s.as_bytes());
+    }
+    fn int(p: &mut Vec<u8>, v: usize) {
+        p.push(b'J');
+        p.extend_from_slice(&i32::try_from(v).unwrap().to_le_bytes());
+    }
+    fn ints(p: &mut Vec<u8>, v: &[usize]) {
+        p.push(b'(');
+        for &x in v {
+            int(p, x);
+        }
+        p.push(b't');
+    }
+    let mut p = vec![0x80, 0x02];
+    global(&mut p, "collections", "OrderedDict");
+    p.extend_from_slice(b")R(");
+    for (i, (name, shape, data)) in tensors.iter().enumerate() {
+        assert_eq!(shape.iter().product::<usize>(), data.len(), "{name}");
+        unicode(&mut p, name);
+        global(&mut p, "torch._utils", "_rebuild_tensor_v2");
+        p.extend_from_slice(b"((");
+        unicode(&mut p, "storage");
+        global(&mut p, "torch", "FloatStorage");
+        unicode(&mut p, &i.to_string());
+        unicode(&mut p, "cpu");
+        int(&mut p, data.len());
+        p.extend_from_slice(b"tQ");
+        int(&mut p, 0);
+        ints(&mut p, shape);
+        let mut strides = vec![1usize; shape.len()];
+        for d in (0..shape.len().saturating_sub(1)).rev() {
+            strides[d] = strides[d + 1] * shape[d + 1];
+        }
+        ints(&mut p, &strides);
+        p.push(0x89); // False (requires_grad)
+        global(&mut p, "collections", "OrderedDict");
+        p.extend_from_slice(b")RtR");
+    }
+    p.extend_from_slice(b"u.");
+
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Stored)
+        .large_file(true);
+    zip.start_file("archive/data.pkl", opts).unwrap();
+    zip.write_all(&p).unwrap();
+    zip.start_file("archive/byteorder", opts).unwrap();
+    zip.write_all(b"little").unwrap();
+    for (i, (_, _, data)) in tensors.iter().enumerate() {
+        zip.start_file(format!("archive/data/{i}"), opts).unwrap();
+        let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        zip.write_all(&bytes).unwrap();
+    }
+    zip.start_file("archive/version", opts).unwrap();
+    zip.write_all(b"3\n").unwrap();
+    zip.finish().unwrap().into_inner()
+}
+
+/// The synthetic weights of `kind` as a torchvision zip `.pth` (tensor names sorted).
+pub fn synthetic_pth_bytes(kind: ModelKind) -> Vec<u8> {
+    let map = imgclass::weights::load::read_tensors(&synthetic_weights_file(kind)).unwrap();
+    let mut names: Vec<&String> = map.keys().collect();
+    names.sort();
+    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = names
+        .into_iter()
+        .map(|n| {
+            let t = &map[n];
+            let data = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            (n.clone(), t.dims().to_vec(), data)
+        })
+        .collect();
+    torch_pth_bytes(&tensors)
 }
