@@ -648,3 +648,26 @@ fn wide_resnet_is_the_default_model() {
     assert_prediction_line(&lines[0], "a.png", "wide_resnet50_2", 5);
     assert_prediction_line(&lines[1], "b.png", "wide_resnet50_2", 5);
 }
+
+#[test]
+fn committed_sample_photos_are_classified() {
+    let home = tempfile::tempdir().unwrap();
+    let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("samples");
+    let mut photos: Vec<String> = std::fs::read_dir(&samples)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+        .map(|p| p.display().to_string())
+        .collect();
+    photos.sort();
+    assert!(photos.len() >= 3, "samples/ holds the photos: {photos:?}");
+    let args: Vec<&str> = photos.iter().map(String::as_str).collect();
+    let o = classify_mb(home.path(), &args);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let lines = json_lines(&o);
+    assert_eq!(lines.len(), photos.len());
+    for (line, p) in lines.iter().zip(&photos) {
+        assert_prediction_line(line, p, "mobilenet_v3_large", 5);
+    }
+}
