@@ -56,7 +56,9 @@ pub fn parse_top_k(query: Option<&str>) -> Result<usize, ApiError> {
                 Ok(k) if (1..=MAX_TOP_K).contains(&k) => Ok(k),
                 _ => Err(ApiError::BadRequest {
                     error_type: "invalid_top_k",
-                    message: format!("top_k must be an integer from 1 to {MAX_TOP_K}, got {value:?}"),
+                    message: format!(
+                        "top_k must be an integer from 1 to {MAX_TOP_K}, got {value:?}"
+                    ),
                 }),
             };
         }
@@ -68,7 +70,12 @@ fn body_kind(content_type: Option<&str>) -> Result<BodyKind, ApiError> {
     let Some(ct) = content_type else {
         return Err(ApiError::UnsupportedMediaType("(none)".into()));
     };
-    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     if essence == "multipart/form-data" {
         let boundary = multer::parse_boundary(ct).map_err(|e| ApiError::BadRequest {
             error_type: "invalid_multipart",
@@ -227,7 +234,11 @@ pub async fn handle(
     }
 
     let k = parse_top_k(req.uri().query())?;
-    let kind = body_kind(req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()))?;
+    let kind = body_kind(
+        req.headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+    )?;
 
     let _slot = state.admission.admit(deadline).await?;
     let body = read_body(req.into_body(), content_length, s.max_body_bytes, deadline).await?;
@@ -309,7 +320,14 @@ mod tests {
         assert_eq!(parse_top_k(Some("a=1")).unwrap(), 5);
         assert_eq!(parse_top_k(Some("a=1&top_k=3")).unwrap(), 3);
         assert_eq!(parse_top_k(Some("top_k=1000")).unwrap(), 1000);
-        for bad in ["top_k=0", "top_k=1001", "top_k=x", "top_k=", "top_k", "top_k=-1"] {
+        for bad in [
+            "top_k=0",
+            "top_k=1001",
+            "top_k=x",
+            "top_k=",
+            "top_k",
+            "top_k=-1",
+        ] {
             let e = parse_top_k(Some(bad)).unwrap_err();
             assert_eq!(e.status().as_u16(), 400, "{bad}");
             assert_eq!(e.error_type(), "invalid_top_k");
@@ -329,7 +347,10 @@ mod tests {
             BodyKind::Multipart("abc".into())
         );
         assert_eq!(
-            body_kind(Some("multipart/form-data")).unwrap_err().status().as_u16(),
+            body_kind(Some("multipart/form-data"))
+                .unwrap_err()
+                .status()
+                .as_u16(),
             400
         );
         for ct in [None, Some("text/plain"), Some("application/json")] {
@@ -344,14 +365,21 @@ mod tests {
               --XX\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jpg\"\r\n\
               Content-Type: image/jpeg\r\n\r\nJPEGDATA\r\n--XX--\r\n",
         );
-        assert_eq!(&multipart_file(body, "XX".into()).await.unwrap()[..], b"JPEGDATA");
+        assert_eq!(
+            &multipart_file(body, "XX".into()).await.unwrap()[..],
+            b"JPEGDATA"
+        );
         let nofile = Bytes::from_static(
             b"--XX\r\nContent-Disposition: form-data; name=\"other\"\r\n\r\nhello\r\n--XX--\r\n",
         );
         let e = multipart_file(nofile, "XX".into()).await.unwrap_err();
         assert_eq!((e.status().as_u16(), e.error_type()), (400, "missing_file"));
-        let broken = Bytes::from_static(b"--XX\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nabc");
+        let broken =
+            Bytes::from_static(b"--XX\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nabc");
         let e = multipart_file(broken, "XX".into()).await.unwrap_err();
-        assert_eq!((e.status().as_u16(), e.error_type()), (400, "invalid_multipart"));
+        assert_eq!(
+            (e.status().as_u16(), e.error_type()),
+            (400, "invalid_multipart")
+        );
     }
 }

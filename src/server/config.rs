@@ -104,7 +104,11 @@ pub struct ServeArgs {
     pub primary_deadline_ms: u64,
 
     /// A client must send the request headers within this time, or the connection is closed.
-    #[arg(long, default_value_t = 10_000, env = "IMGCLASS_HEADER_READ_TIMEOUT_MS")]
+    #[arg(
+        long,
+        default_value_t = 10_000,
+        env = "IMGCLASS_HEADER_READ_TIMEOUT_MS"
+    )]
     pub header_read_timeout_ms: u64,
 
     /// Whole-request budget after the headers: body upload (408 when exceeded) and processing
@@ -126,7 +130,7 @@ pub struct ServeArgs {
     pub threads: usize,
 
     /// JSON log lines (for containers) instead of human-readable ones.
-    #[arg(long, env = "IMGCLASS_JSON_LOGS")]
+    #[arg(long, env = "IMGCLASS_JSON_LOGS", value_parser = clap::builder::BoolishValueParser::new())]
     pub json_logs: bool,
 
     /// Log filter (tracing EnvFilter syntax), e.g. `info`, `debug`, `imgclass=debug,hyper=info`.
@@ -139,24 +143,29 @@ pub struct ServeArgs {
     pub fault: Fault,
 
     /// TEST ONLY: the primary model sleeps this long before every forward pass (forces deadline fallback).
-    #[arg(long, hide = true, default_value_t = 0, env = "IMGCLASS_TEST_PRIMARY_DELAY_MS")]
+    #[arg(
+        long,
+        hide = true,
+        default_value_t = 0,
+        env = "IMGCLASS_TEST_PRIMARY_DELAY_MS"
+    )]
     pub test_primary_delay_ms: u64,
 
     /// TEST ONLY: every forward pass of the primary model fails (forces error fallback).
-    #[arg(long, hide = true, env = "IMGCLASS_TEST_PRIMARY_FAULT")]
+    #[arg(long, hide = true, env = "IMGCLASS_TEST_PRIMARY_FAULT", value_parser = clap::builder::BoolishValueParser::new())]
     pub test_primary_fault: bool,
 
-    /// TEST ONLY: delay before the warm-up inference (keeps `/readyz` at 503 for this long).
-    #[arg(long, hide = true, default_value_t = 0, env = "IMGCLASS_TEST_WARMUP_DELAY_MS")]
-    pub test_warmup_delay_ms: u64,
+    /// TEST ONLY: the warm-up inference waits until this file exists (keeps `/readyz` at 503).
+    #[arg(long, hide = true, env = "IMGCLASS_TEST_WARMUP_GATE")]
+    pub test_warmup_gate: Option<PathBuf>,
 }
 
 /// Test-only hooks (never set in production; logged loudly when set).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct TestHooks {
     pub primary_delay: Duration,
     pub primary_fault: bool,
-    pub warmup_delay: Duration,
+    pub warmup_gate: Option<PathBuf>,
 }
 
 impl TestHooks {
@@ -223,10 +232,8 @@ impl Settings {
         } else {
             a.threads
         };
-        let weights_dir = crate::weights::dir::resolve_weights_dir(
-            a.weights_dir.as_deref(),
-            &a.profile.models(),
-        );
+        let weights_dir =
+            crate::weights::dir::resolve_weights_dir(a.weights_dir.as_deref(), &a.profile.models());
         Ok(Settings {
             profile: a.profile,
             addr: a.addr,
@@ -250,7 +257,7 @@ impl Settings {
             test_hooks: TestHooks {
                 primary_delay: Duration::from_millis(a.test_primary_delay_ms),
                 primary_fault: a.test_primary_fault,
-                warmup_delay: Duration::from_millis(a.test_warmup_delay_ms),
+                warmup_gate: a.test_warmup_gate.clone(),
             },
         })
     }
@@ -298,5 +305,7 @@ mod tests {
         assert_eq!(cli.serve.fault, Fault::Stall);
         assert_eq!(cli.serve.profile, Profile::Lite);
         assert!(Cli::try_parse_from(["x", "--fault", "explode"]).is_err());
+        let cli = Cli::try_parse_from(["x", "--json-logs"]).unwrap();
+        assert!(cli.serve.json_logs);
     }
 }

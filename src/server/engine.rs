@@ -43,7 +43,7 @@ impl std::fmt::Display for EngineError {
 }
 
 /// Engine behaviour knobs.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct EngineConfig {
     pub max_batch_size: usize,
     /// Jobs the queue holds at most.
@@ -52,8 +52,8 @@ pub struct EngineConfig {
     pub test_delay: Duration,
     /// TEST ONLY: every forward pass fails.
     pub test_fault: bool,
-    /// TEST ONLY: sleep before the warm-up.
-    pub test_warmup_delay: Duration,
+    /// TEST ONLY: the warm-up waits until this file exists.
+    pub test_warmup_gate: Option<std::path::PathBuf>,
 }
 
 struct Job {
@@ -142,8 +142,11 @@ fn engine_thread(
 ) {
     let kind = model.kind();
     let name = kind.name();
-    if !cfg.test_warmup_delay.is_zero() {
-        std::thread::sleep(cfg.test_warmup_delay);
+    if let Some(gate) = &cfg.test_warmup_gate {
+        tracing::warn!(model = name, gate = %gate.display(), "test hook: warm-up waits for the gate file");
+        while !gate.exists() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     let t0 = Instant::now();
     let warm = Tensor::zeros((1, 3, 224, 224), candle_core::DType::F32, &Device::Cpu)
@@ -151,7 +154,11 @@ fn engine_thread(
         .and_then(|t| run_forward(&model, &t))
         .map(|_| ());
     match &warm {
-        Ok(()) => tracing::info!(model = name, ms = t0.elapsed().as_millis() as u64, "warm-up inference done"),
+        Ok(()) => tracing::info!(
+            model = name,
+            ms = t0.elapsed().as_millis() as u64,
+            "warm-up inference done"
+        ),
         Err(e) => tracing::error!(model = name, error = %e, "warm-up inference failed"),
     }
     let failed = warm.is_err();

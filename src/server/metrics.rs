@@ -1,8 +1,8 @@
 //! Prometheus metrics of the server (text exposition at `GET /metrics`). Durations in seconds.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every series the server exports. Cheap to clone (handles are reference counted).

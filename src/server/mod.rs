@@ -104,9 +104,10 @@ fn check_weights_present(s: &Settings) -> Result<()> {
         if !path.is_file() {
             return Err(Error::WeightsMissing(format!(
                 "weights for {kind} not found at {}: `imgclass serve` never downloads weights; \
-                 fetch them with the imgclass CLI first, or point --weights-dir \
-                 (IMGCLASS_WEIGHTS_DIR) at a directory holding {}.safetensors",
+                 fetch them first (`{}`), or point --weights-dir (IMGCLASS_WEIGHTS_DIR) at a \
+                 directory holding {}.safetensors",
                 path.display(),
+                crate::weights::dir::fetch_command(kind, &s.weights_dir),
                 kind.name()
             )));
         }
@@ -173,13 +174,20 @@ async fn serve(settings: Settings) -> Result<()> {
         grace_ms = settings.shutdown_grace.as_millis() as u64,
         "shutting down: /readyz is 503, no new connections, draining in-flight requests"
     );
-    // Connections the kernel already accepted (in the backlog) are served, then the listener closes.
+    // Connections the kernel already accepted (in the listen backlog) get an answer (a classify
+    // request now gets 503 `shutting_down`) instead of a reset; then the listener closes.
+    let mut last_http = http1::Builder::new();
+    last_http
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .keep_alive(false);
+    let mut backlog = tokio::task::JoinSet::new();
     match listener.into_std() {
         Ok(std_listener) => {
             while let Ok((s, _)) = std_listener.accept() {
                 if s.set_nonblocking(true).is_ok() {
                     if let Ok(stream) = TcpStream::from_std(s) {
-                        spawn_connection(&http, &graceful, &state, stream);
+                        backlog.spawn(connection(&last_http, &state, stream));
                     }
                 }
             }
@@ -191,8 +199,12 @@ async fn serve(settings: Settings) -> Result<()> {
         tracing::warn!(signal = s, "second signal: exiting without draining");
         std::process::exit(130);
     });
-    let open = graceful.count();
-    match tokio::time::timeout(settings.shutdown_grace, graceful.shutdown()).await {
+    let open = graceful.count() + backlog.len();
+    let drained = async {
+        graceful.shutdown().await;
+        while backlog.join_next().await.is_some() {}
+    };
+    match tokio::time::timeout(settings.shutdown_grace, drained).await {
         Ok(()) => tracing::info!(connections = open, "drained; exiting"),
         Err(_) => tracing::warn!(
             connections = open,
@@ -208,19 +220,27 @@ fn spawn_connection(
     state: &Arc<AppState>,
     stream: TcpStream,
 ) {
+    let fut = graceful.watch(connection(http, state, stream));
+    tokio::spawn(async move {
+        if let Err(e) = fut.await {
+            tracing::debug!(error = %e, "connection closed with an error");
+        }
+    });
+}
+
+/// One HTTP/1 connection served by `routes::handle`.
+fn connection(
+    http: &http1::Builder,
+    state: &Arc<AppState>,
+    stream: TcpStream,
+) -> impl hyper_util::server::graceful::GracefulConnection<Error = hyper::Error> {
     let _ = stream.set_nodelay(true);
     let st = state.clone();
     let svc = service_fn(move |req| {
         let st = st.clone();
         async move { Ok::<_, Infallible>(routes::handle(st, req).await) }
     });
-    let conn = http.serve_connection(TokioIo::new(stream), svc);
-    let fut = graceful.watch(conn);
-    tokio::spawn(async move {
-        if let Err(e) = fut.await {
-            tracing::debug!(error = %e, "connection closed with an error");
-        }
-    });
+    http.serve_connection(TokioIo::new(stream), svc)
 }
 
 /// Load every model, start its engine, wait for the warm-ups, then mark the server ready.
@@ -260,7 +280,7 @@ async fn load_and_warm(state: Arc<AppState>, fatal: oneshot::Sender<Error>) {
         queue_capacity: 2 * s.max_concurrent + 1,
         test_delay: Duration::ZERO,
         test_fault: false,
-        test_warmup_delay: s.test_hooks.warmup_delay,
+        test_warmup_gate: s.test_hooks.warmup_gate.clone(),
     };
     let mut started = Vec::new();
     for (i, model) in models.into_iter().enumerate() {
@@ -269,10 +289,10 @@ async fn load_and_warm(state: Arc<AppState>, fatal: oneshot::Sender<Error>) {
             EngineConfig {
                 test_delay: s.test_hooks.primary_delay,
                 test_fault: s.test_hooks.primary_fault,
-                ..base
+                ..base.clone()
             }
         } else {
-            base
+            base.clone()
         };
         match Engine::start(model, cfg, state.metrics.clone()) {
             Ok(e) => started.push(e),

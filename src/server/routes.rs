@@ -120,7 +120,11 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Fu
         .observe(elapsed.as_secs_f64());
     if status == StatusCode::SERVICE_UNAVAILABLE {
         if let Some(e) = &out.error {
-            state.metrics.shed.with_label_values(&[e.error_type()]).inc();
+            state
+                .metrics
+                .shed
+                .with_label_values(&[e.error_type()])
+                .inc();
         }
     }
     let error_type = out.error.as_ref().map(|e| e.error_type());
@@ -164,7 +168,10 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Fu
         if let ApiError::MethodNotAllowed { allow } = e {
             h.insert(ALLOW, HeaderValue::from_static(allow));
         }
-        if matches!(e, ApiError::PayloadTooLarge { .. } | ApiError::RequestTimeout) {
+        if matches!(
+            e,
+            ApiError::PayloadTooLarge { .. } | ApiError::RequestTimeout
+        ) {
             h.insert(CONNECTION, HeaderValue::from_static("close"));
         }
     }
@@ -183,7 +190,11 @@ async fn dispatch(state: Arc<AppState>, req: Request<Incoming>, started: Instant
         return Out::error(ApiError::NotFound);
     }
     if !allowed.contains(&method.as_str()) {
-        let allow = if allowed.contains(&"POST") { "POST" } else { "GET" };
+        let allow = if allowed.contains(&"POST") {
+            "POST"
+        } else {
+            "GET"
+        };
         return Out::error(ApiError::MethodNotAllowed { allow });
     }
     match (method, path) {

@@ -152,7 +152,10 @@ mod tests {
     async fn queued_request_times_out_at_its_deadline() {
         let g = IntGauge::new("g", "g").unwrap();
         let a = Admission::new(1, 4, g.clone());
-        let _p = a.admit(Instant::now() + Duration::from_secs(60)).await.unwrap();
+        let _p = a
+            .admit(Instant::now() + Duration::from_secs(60))
+            .await
+            .unwrap();
         let e = a
             .admit(Instant::now() + Duration::from_millis(10))
             .await

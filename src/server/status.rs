@@ -165,7 +165,9 @@ mod tests {
     fn contract_codes() {
         assert_eq!(ApiError::from(Error::EmptyInput).status().as_u16(), 400);
         assert_eq!(
-            ApiError::from(Error::NotAnImage("t".into())).status().as_u16(),
+            ApiError::from(Error::NotAnImage("t".into()))
+                .status()
+                .as_u16(),
             415
         );
         assert_eq!(
@@ -174,7 +176,10 @@ mod tests {
                 .as_u16(),
             422
         );
-        assert_eq!(ApiError::PayloadTooLarge { limit: 1 }.status().as_u16(), 413);
+        assert_eq!(
+            ApiError::PayloadTooLarge { limit: 1 }.status().as_u16(),
+            413
+        );
         for e in [
             ApiError::NotReady,
             ApiError::ShuttingDown,
