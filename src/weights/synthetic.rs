@@ -247,7 +247,7 @@ fn build(kind: ModelKind, calibration: Option<&Calibration>) -> HashMap<String, 
                 match calibrated {
                     Some(t) => t,
                     None => {
-                        let fill = if name.ends_with(".running_var") {
+                        let fill: f32 = if name.ends_with(".running_var") {
                             1.0
                         } else {
                             0.0
