@@ -1,10 +1,11 @@
 //! The command line of `imgclass` (clap derive). Every flag also reads an `IMGCLASS_*` variable.
 
 use crate::models::ModelKind;
+use crate::server::config::Profile;
 use crate::{Error, Result};
 use clap::builder::BoolishValueParser;
 use clap::parser::ValueSource;
-use clap::{ArgMatches, Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgMatches, Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 /// Exit codes, as printed by `--help` (values from `crate::error::exit_code`; a test keeps them in sync).
@@ -108,24 +109,6 @@ pub enum WeightsCommand {
     List(ListArgs),
 }
 
-/// Which models a deployment profile needs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum WeightsProfile {
-    /// Both models (Wide ResNet-50-2 answers, MobileNetV3-Large is the fallback).
-    Full,
-    /// MobileNetV3-Large only.
-    Lite,
-}
-
-impl WeightsProfile {
-    pub fn kinds(self) -> &'static [ModelKind] {
-        match self {
-            WeightsProfile::Full => &ModelKind::ALL,
-            WeightsProfile::Lite => &[ModelKind::MobilenetV3Large],
-        }
-    }
-}
-
 /// Flags of `imgclass weights fetch`.
 #[derive(Debug, Clone, Args)]
 pub struct FetchArgs {
@@ -135,7 +118,7 @@ pub struct FetchArgs {
 
     /// Fetch the weights a serving profile needs (default: full, i.e. both models).
     #[arg(long, env = "IMGCLASS_PROFILE", value_enum)]
-    pub profile: Option<WeightsProfile>,
+    pub profile: Option<Profile>,
 
     /// Where to put them (default: IMGCLASS_WEIGHTS_DIR, ./weights when it holds them, ~/.cache/imgclass).
     #[arg(long, env = "IMGCLASS_WEIGHTS_DIR", value_name = "DIR")]
@@ -156,14 +139,14 @@ impl FetchArgs {
         match (self.model, self.profile) {
             (Some(m), Some(p)) => match (from_cli("model"), from_cli("profile")) {
                 (true, false) => Ok(vec![m]),
-                (false, true) => Ok(p.kinds().to_vec()),
+                (false, true) => Ok(p.models()),
                 _ => Err(Error::Usage(
                     "weights fetch: give either --model (IMGCLASS_MODEL) or --profile (IMGCLASS_PROFILE), not both"
                         .into(),
                 )),
             },
             (Some(m), None) => Ok(vec![m]),
-            (None, Some(p)) => Ok(p.kinds().to_vec()),
+            (None, Some(p)) => Ok(p.models()),
             (None, None) => Ok(ModelKind::ALL.to_vec()),
         }
     }
@@ -253,7 +236,7 @@ mod tests {
             }
         }
         let cmd = Cli::command();
-        for name in ["classify", "weights"] {
+        for name in ["classify", "weights", "serve", "bench"] {
             let sub = cmd.find_subcommand(name).unwrap();
             check(sub);
         }
