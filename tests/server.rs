@@ -594,17 +594,16 @@ fn lite_http_contract_every_status_code() {
     c.write_all(b"POST /classify HTTP/1.1\r\nHost: x\r\n")
         .unwrap();
     let mut buf = Vec::new();
-    let n = c.read_to_end(&mut buf);
-    assert!(
-        matches!(n, Ok(_))
-            || n.as_ref()
-                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
-        "{n:?}"
-    );
-    assert!(
-        !String::from_utf8_lossy(&buf).contains(" 200 "),
-        "{}",
-        String::from_utf8_lossy(&buf)
+    let closed = match c.read_to_end(&mut buf) {
+        Ok(_) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    };
+    let got = String::from_utf8_lossy(&buf);
+    assert!(closed, "slow-header connection was not closed: {got}");
+    assert!(got.is_empty() || got.starts_with("HTTP/1.1 408"), "{got}");
+    eprintln!(
+        "slow headers: connection closed, {} bytes answered",
+        buf.len()
     );
 
     // health, readiness, info

@@ -266,3 +266,120 @@ fn run_forward(model: &Classifier, batch: &Tensor) -> Result<Tensor> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::FutureExt;
+
+    fn mobilenet() -> Classifier {
+        let kind = ModelKind::MobilenetV3Large;
+        Classifier::from_tensors(kind, crate::weights::synthetic::generate(kind), "synthetic")
+            .unwrap()
+    }
+
+    fn input(seed: u32) -> Arc<Vec<f32>> {
+        Arc::new(
+            (0..input_len() as u32)
+                .map(|i| {
+                    let x = i.wrapping_mul(2_654_435_761) ^ seed.wrapping_mul(40_503);
+                    (x % 1000) as f32 / 500.0 - 1.0
+                })
+                .collect(),
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_jobs_share_one_forward_pass_and_keep_their_own_results() {
+        let model = mobilenet();
+        let alone: Vec<Vec<Prediction>> = (0..5)
+            .map(|s| model.classify(&[&input(s)], 5).unwrap().remove(0))
+            .collect();
+        let metrics = Metrics::new().unwrap();
+        let cfg = EngineConfig {
+            max_batch_size: 8,
+            queue_capacity: 16,
+            // holds the engine busy with the first job while the others queue up
+            test_delay: Duration::from_millis(1000),
+            test_fault: false,
+            test_warmup_gate: None,
+        };
+        let (engine, warm) = Engine::start(model, cfg, metrics.clone()).unwrap();
+        warm.await.unwrap().unwrap();
+        let far = Instant::now() + Duration::from_secs(600);
+        let depth = metrics
+            .engine_queue_depth
+            .with_label_values(&["mobilenet_v3_large"]);
+
+        let mut first = Box::pin(engine.infer(input(0), 5, far));
+        assert!((&mut first).now_or_never().is_none()); // queued
+        while depth.get() != 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await; // until the engine took it
+        }
+        let mut rest: Vec<_> = (1..5)
+            .map(|s| Box::pin(engine.infer(input(s), 5, far)))
+            .collect();
+        for f in &mut rest {
+            assert!(f.now_or_never().is_none());
+        }
+        assert_eq!(depth.get(), 4);
+        let mut got = vec![first.await.unwrap()];
+        for f in rest {
+            got.push(f.await.unwrap());
+        }
+        for (g, a) in got.iter().zip(&alone) {
+            assert_eq!(g.len(), 5);
+            for (x, y) in g.iter().zip(a) {
+                assert_eq!((x.index, &x.label), (y.index, &y.label));
+                assert!((x.probability - y.probability).abs() < 1e-5);
+            }
+        }
+        let batches = metrics
+            .batch_size
+            .with_label_values(&["mobilenet_v3_large"]);
+        assert_eq!(batches.get_sample_count(), 2, "two forward passes");
+        assert_eq!(batches.get_sample_sum(), 5.0, "1 + 4 images");
+    }
+
+    #[tokio::test]
+    async fn expired_and_abandoned_jobs_cost_no_forward_pass() {
+        let metrics = Metrics::new().unwrap();
+        let cfg = EngineConfig {
+            max_batch_size: 8,
+            queue_capacity: 16,
+            test_delay: Duration::ZERO,
+            test_fault: false,
+            test_warmup_gate: None,
+        };
+        let (engine, warm) = Engine::start(mobilenet(), cfg, metrics.clone()).unwrap();
+        warm.await.unwrap().unwrap();
+        let past = Instant::now() - Duration::from_millis(1);
+        let e = engine.infer(input(1), 5, past).await.unwrap_err();
+        assert!(matches!(e, EngineError::Deadline), "{e}");
+        let batches = metrics
+            .batch_size
+            .with_label_values(&["mobilenet_v3_large"]);
+        assert_eq!(batches.get_sample_count(), 0);
+        let far = Instant::now() + Duration::from_secs(600);
+        let p = engine.infer(input(1), 3, far).await.unwrap();
+        assert_eq!(p.len(), 3);
+        assert_eq!(batches.get_sample_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failing_model_reports_errors_to_every_job() {
+        let metrics = Metrics::new().unwrap();
+        let cfg = EngineConfig {
+            max_batch_size: 8,
+            queue_capacity: 16,
+            test_delay: Duration::ZERO,
+            test_fault: true,
+            test_warmup_gate: None,
+        };
+        let (engine, warm) = Engine::start(mobilenet(), cfg, metrics).unwrap();
+        warm.await.unwrap().unwrap(); // the hook never affects the warm-up
+        let far = Instant::now() + Duration::from_secs(600);
+        let e = engine.infer(input(2), 5, far).await.unwrap_err();
+        assert!(matches!(e, EngineError::Failed(Error::Inference(_))), "{e}");
+    }
+}
