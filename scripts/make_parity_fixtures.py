@@ -14,20 +14,27 @@ What it does, per model (wide_resnet50_2, mobilenet_v3_large):
 2. Calibrates it, so that its output depends on its input: every BatchNorm gets momentum=None and reset
    running statistics, one forward pass in train mode over a calibration batch of natural images
    (scikit-image's bundled public-domain images, several crops each) sets running mean/var = batch
-   statistics; then eval mode. The final classifier weight is scaled by a factor chosen so the logits on
-   the calibration batch have a standard deviation of LOGIT_STD (top-5 well separated).
+   statistics; then eval mode. The last classifier layer (`fc` / `classifier.3`) is then centred and
+   scaled: its weight is regenerated with a factor c chosen so the logits' deviation from their batch mean
+   has a standard deviation of LOGIT_STD, and its bias is set to -W·mean(features), so the logits are
+   c·W·(f - mean f): all of their variance comes from the input, and the top-5 is well separated.
 3. Writes (never a full weights file):
    - bn_stats.safetensors: only the BatchNorm running_mean/running_var tensors of both models (f32), plus
-     one scalar per model, `<model>.classifier_scale`, the factor of step 2. A few hundred KB.
-   - expected_logits.safetensors: torchvision's logits on the fixed input tensor `parity.input`
-     ([2,3,224,224], from the generator) and on each image below, per model.
+     per model `<model>.classifier_scale` (c, one f32) and `<model>.classifier_bias` (1000 f32). ~400 KB.
+   - expected_logits.safetensors: torchvision's logits, computed in float64 (the exact answer for these
+     f32 weights; key `<model>.<input>`) and in float32 (what torchvision users run; key
+     `<model>.<input>.torch_f32`), on the fixed input tensor `parity.input` ([2,3,224,224], from the
+     generator) and on each image below (through torchvision's eval transform).
    - images/<name>.png: lossless 232x232 RGB crops of natural images (where resize-to-232 is the identity,
      so only the models are compared by the pipeline test).
-   - expected.json: top-5 per model and input, logit gaps, and generator samples (bit patterns) that the
-     Rust tests check to pin the generator.
+   - expected.json: top-5 per model and input, the smallest gap among the top-6 logits, torchvision's own
+     f32-vs-f64 error, torchvision's state_dict keys/shapes and parameter counts, and generator samples
+     (bit patterns) that the Rust tests check to pin the generator.
    - small_state_dict.pth / small_state_dict.safetensors: a tiny state_dict (mixed dtypes, a transposed and
      an offset view, num_batches_tracked) saved with torch.save (zip format) and as safetensors, to test the
      .pth reader.
+
+The script is deterministic: running it again rewrites the same fixtures.
 
 The generator (value of element i of tensor `name`, both sides in the same IEEE float ops):
     seed  = FNV-1a-64(utf8(name))
@@ -43,6 +50,7 @@ with per-tensor (scale, offset), scale rounded from f64 to f32:
     BatchNorm bias                   scale = 0.25                      offset 0
     BatchNorm running_mean / var     from bn_stats.safetensors (uncalibrated: 0 / 1)
     parity.input [2,3,224,224]       scale = 0.5                       offset 0
+    (with calibration, the last layer's bias is the committed classifier_bias)
 """
 
 import copy
