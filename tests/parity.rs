@@ -284,3 +284,48 @@ fn mobilenet_v3_large_pipeline_top5_matches_torchvision_and_depends_on_the_image
         "top-1 barely depends on the image: {top1:?}"
     );
 }
+
+#[test]
+fn generate_uses_the_embedded_copy_of_the_committed_calibration() {
+    for kind in ModelKind::ALL {
+        let file = Calibration::load(kind, &fixtures().join("bn_stats.safetensors")).unwrap();
+        let embedded = Calibration::embedded(kind).unwrap();
+        assert_eq!(file.classifier_scale, embedded.classifier_scale);
+        assert_eq!(file.running.len(), embedded.running.len());
+        for (k, t) in &file.running {
+            let a = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let b = embedded.running[k]
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            assert_eq!(a, b, "{k}");
+        }
+    }
+    let kind = ModelKind::MobilenetV3Large;
+    let calibration = Calibration::load(kind, &fixtures().join("bn_stats.safetensors")).unwrap();
+    let a = synthetic::generate(kind);
+    let b = synthetic::generate_calibrated(kind, &calibration).unwrap();
+    let u = synthetic::generate_uncalibrated(kind);
+    assert_eq!(a.len(), b.len());
+    for (k, t) in &a {
+        let x = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(
+            x,
+            b[k].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            "{k}"
+        );
+    }
+    let var = "features.16.1.running_var";
+    assert!(u[var]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .all(|&v| v == 1.0));
+    assert_ne!(
+        a[var].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        u[var].flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    );
+}
