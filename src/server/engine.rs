@@ -170,9 +170,11 @@ fn engine_thread(
     let depth = metrics.engine_queue_depth.with_label_values(&[name]);
     let inference = metrics.inference_duration.with_label_values(&[name]);
     let batch_hist = metrics.batch_size.with_label_values(&[name]);
+    let mut policy = BatchPolicy::new(cfg.max_batch_size);
     while let Ok(first) = rx.recv() {
+        let limit = policy.limit();
         let mut jobs = vec![first];
-        while jobs.len() < cfg.max_batch_size {
+        while jobs.len() < limit {
             match rx.try_recv() {
                 Ok(j) => jobs.push(j),
                 Err(_) => break,
@@ -205,8 +207,20 @@ fn engine_thread(
         } else {
             forward_batch(&model, &live)
         };
-        inference.observe(t.elapsed().as_secs_f64());
+        let secs = t.elapsed().as_secs_f64();
+        inference.observe(secs);
         batch_hist.observe(live.len() as f64);
+        if result.is_ok() {
+            if let Some(on) = policy.observe(live.len(), secs) {
+                tracing::info!(
+                    model = name,
+                    batching = on,
+                    single_ms = policy.single.map(|s| s * 1e3),
+                    batched_ms_per_image = policy.batched.map(|s| s * 1e3),
+                    "batching policy changed"
+                );
+            }
+        }
         match result {
             Ok(rows) => {
                 for (j, row) in live.into_iter().zip(rows) {
@@ -225,6 +239,74 @@ fn engine_thread(
         }
     }
     tracing::debug!(model = name, "engine stopped");
+}
+
+/// Whether batching pays off for this model on this machine, learned from the forward passes
+/// themselves: per-image time at batch size 1 vs batched (moving averages). When batching is slower
+/// per image (e.g. a compute-bound model whose kernels lose cache locality on large batches), the
+/// engine runs queued requests one by one, which also gives the first of them its answer sooner;
+/// every `PROBE_EVERY` passes it tries a batch again to notice when that changes.
+struct BatchPolicy {
+    max: usize,
+    /// Seconds per image at batch size 1.
+    single: Option<f64>,
+    /// Seconds per image at batch sizes >= 2.
+    batched: Option<f64>,
+    since_probe: u32,
+}
+
+const PROBE_EVERY: u32 = 50;
+const EMA: f64 = 0.3;
+
+impl BatchPolicy {
+    fn new(max: usize) -> Self {
+        BatchPolicy {
+            max: max.max(1),
+            single: None,
+            batched: None,
+            since_probe: 0,
+        }
+    }
+
+    fn batching(&self) -> bool {
+        match (self.single, self.batched) {
+            (Some(s), Some(b)) => b <= s,
+            _ => true,
+        }
+    }
+
+    /// Most jobs to take for the next forward pass.
+    fn limit(&mut self) -> usize {
+        if self.batching() {
+            return self.max;
+        }
+        self.since_probe += 1;
+        if self.since_probe >= PROBE_EVERY {
+            self.since_probe = 0;
+            return self.max;
+        }
+        1
+    }
+
+    /// Record a forward pass of `n` images; returns the new decision when it changed.
+    fn observe(&mut self, n: usize, secs: f64) -> Option<bool> {
+        if n == 0 || self.max == 1 {
+            return None;
+        }
+        let before = self.batching();
+        let per = secs / n as f64;
+        let slot = if n == 1 {
+            &mut self.single
+        } else {
+            &mut self.batched
+        };
+        *slot = Some(match *slot {
+            None => per,
+            Some(old) => old * (1.0 - EMA) + per * EMA,
+        });
+        let after = self.batching();
+        (before != after).then_some(after)
+    }
 }
 
 fn forward_batch(model: &Classifier, jobs: &[Job]) -> Result<Vec<Vec<f32>>> {
@@ -271,6 +353,32 @@ fn run_forward(model: &Classifier, batch: &Tensor) -> Result<Tensor> {
 mod tests {
     use super::*;
     use futures_util::FutureExt;
+
+    #[test]
+    fn batching_stops_when_it_is_slower_per_image_and_is_probed_again() {
+        let mut p = BatchPolicy::new(8);
+        assert_eq!(p.limit(), 8); // nothing known: take what is queued
+        assert_eq!(p.observe(1, 0.120), None);
+        assert_eq!(p.observe(4, 0.690), Some(false)); // 172 ms/image > 120
+        let limits: Vec<usize> = (0..PROBE_EVERY).map(|_| p.limit()).collect();
+        assert_eq!(limits.iter().filter(|&&l| l == 8).count(), 1, "one probe");
+        assert!(limits[..PROBE_EVERY as usize - 1].iter().all(|&l| l == 1));
+        // kernels that batch well: batching comes back
+        for _ in 0..10 {
+            p.observe(8, 0.4);
+        }
+        assert!(p.batching());
+        assert_eq!(p.limit(), 8);
+        // a model that batches well keeps batching
+        let mut m = BatchPolicy::new(8);
+        m.observe(1, 0.025);
+        assert_eq!(m.observe(8, 0.100), None);
+        assert_eq!(m.limit(), 8);
+        // max 1: never batches, nothing to learn
+        let mut one = BatchPolicy::new(1);
+        assert_eq!(one.limit(), 1);
+        assert_eq!(one.observe(1, 0.1), None);
+    }
 
     fn mobilenet() -> Classifier {
         let kind = ModelKind::MobilenetV3Large;

@@ -43,6 +43,7 @@ use tokio::sync::oneshot;
 /// Run the server until SIGTERM/SIGINT (then drain and return `Ok`).
 pub fn run(args: ServeArgs) -> Result<()> {
     let settings = Settings::from_args(&args)?;
+    tune_allocator();
     logging::init(settings.json_logs, &settings.log)?;
     configure_compute_threads(settings.threads);
     log_settings(&settings);
@@ -58,6 +59,38 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let result = rt.block_on(serve(settings));
     rt.shutdown_timeout(Duration::from_secs(1));
     result
+}
+
+/// glibc's malloc raises its mmap threshold dynamically, after which freed activation tensors
+/// and request bodies stay in the heap: RSS after a burst of load never comes down (measured, lite,
+/// 32 clients: 36 MB after warm-up, 104 MB for good after the burst). A fixed 128 KiB threshold
+/// keeps every large buffer mmapped, so it goes back to the OS when freed (36 MB again after the
+/// burst, and no slower). glibc reads the setting only at process start, so the server re-executes
+/// itself once (same PID, same arguments) with `MALLOC_MMAP_THRESHOLD_=131072`, unless the
+/// environment already tunes malloc (`MALLOC_MMAP_THRESHOLD_` or `GLIBC_TUNABLES` set).
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use std::os::unix::process::CommandExt;
+        const VAR: &str = "MALLOC_MMAP_THRESHOLD_";
+        if std::env::var_os(VAR).is_some() || std::env::var_os("GLIBC_TUNABLES").is_some() {
+            return;
+        }
+        let Ok(exe) = std::env::current_exe() else {
+            return;
+        };
+        let mut argv = std::env::args_os();
+        let Some(arg0) = argv.next() else {
+            return;
+        };
+        let err = std::process::Command::new(exe)
+            .arg0(arg0)
+            .args(argv)
+            .env(VAR, "131072")
+            .exec();
+        // exec only returns on failure: carry on with the default allocator settings
+        eprintln!("imgclass: cannot re-execute with {VAR} set ({err}); continuing");
+    }
 }
 
 /// Size candle's / rayon's compute pool (and gemm's) to the threads we may use, so inference
