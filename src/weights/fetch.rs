@@ -321,6 +321,8 @@ fn download(
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_connect(Some(Duration::from_secs(30)))
         .timeout_per_read(Some(Duration::from_secs(60)))
+        // The bytes hashed must be the file's bytes: no transparent decompression.
+        .accept_encoding("identity")
         .build()
         .into();
     tracing::info!(model = kind.name(), url, dir = %dir.display(), "downloading weights");
