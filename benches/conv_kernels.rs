@@ -1,7 +1,118 @@
-//! Criterion micro-benchmarks of the conv kernels (filled in below).
-use criterion::{criterion_group, criterion_main, Criterion};
+//! Criterion micro-benchmarks: every fast conv kernel behind `imgclass::ops::conv2d` side by side
+//! with the plain candle op (`ops::reference::conv2d`), on layer shapes of the two networks.
+//!
+//! Run: `cargo bench --bench conv_kernels` (filter: `cargo bench --bench conv_kernels -- depthwise`).
+//! Set `RAYON_NUM_THREADS` to pin the thread count (the README figures use the machine's 2 cores).
 
-fn placeholder(_c: &mut Criterion) {}
+use candle_core::{Device, Tensor};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use imgclass::ops::{self, Activation, ConvParams};
+use std::time::Duration;
 
-criterion_group!(benches, placeholder);
+struct Layer {
+    name: &'static str,
+    n: usize,
+    c: usize,
+    hw: usize,
+    o: usize,
+    k: usize,
+    stride: usize,
+    groups: usize,
+    act: Activation,
+}
+
+const fn dw(name: &'static str, c: usize, hw: usize, k: usize, stride: usize) -> Layer {
+    Layer {
+        name,
+        n: 1,
+        c,
+        hw,
+        o: c,
+        k,
+        stride,
+        groups: c,
+        act: Activation::Hardswish,
+    }
+}
+
+const fn dense(
+    name: &'static str,
+    c: usize,
+    hw: usize,
+    o: usize,
+    k: usize,
+    stride: usize,
+) -> Layer {
+    Layer {
+        name,
+        n: 1,
+        c,
+        hw,
+        o,
+        k,
+        stride,
+        groups: 1,
+        act: Activation::Relu,
+    }
+}
+
+const LAYERS: &[Layer] = &[
+    // MobileNetV3-Large depthwise layers
+    dw("dw3x3_s1_16ch_112", 16, 112, 3, 1),
+    dw("dw3x3_s2_64ch_112", 64, 112, 3, 2),
+    dw("dw5x5_s2_72ch_56", 72, 56, 5, 2),
+    dw("dw5x5_s1_120ch_28", 120, 28, 5, 1),
+    dw("dw3x3_s1_240ch_28", 240, 28, 3, 1),
+    dw("dw3x3_s1_480ch_14", 480, 14, 3, 1),
+    dw("dw5x5_s2_672ch_14", 672, 14, 5, 2),
+    dw("dw5x5_s1_960ch_7", 960, 7, 5, 1),
+    // MobileNetV3-Large pointwise
+    dense("pw_120to40_28", 120, 28, 40, 1, 1),
+    dense("pw_160to960_7", 160, 7, 960, 1, 1),
+    // Wide ResNet-50-2
+    dense("stem7x7_s2_3to64_224", 3, 224, 64, 7, 2),
+    dense("c1x1_256to128_56", 256, 56, 128, 1, 1),
+    dense("c1x1_s2_512to1024_56", 512, 56, 1024, 1, 2),
+    dense("c3x3_128_56", 128, 56, 128, 3, 1),
+    dense("c3x3_256_56", 256, 56, 256, 3, 1),
+    dense("c3x3_256_28", 256, 28, 256, 3, 1),
+    dense("c3x3_512_14", 512, 14, 512, 3, 1),
+    dense("c3x3_1024_7", 1024, 7, 1024, 3, 1),
+];
+
+fn rand(shape: &[usize]) -> Tensor {
+    Tensor::randn(0f32, 1f32, shape, &Device::Cpu).unwrap()
+}
+
+fn bench_layers(c: &mut Criterion, batch: usize, group_name: &str) {
+    let mut group = c.benchmark_group(group_name);
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    for l in LAYERS {
+        let n = l.n * batch;
+        let x = rand(&[n, l.c, l.hw, l.hw]);
+        let w = rand(&[l.o, l.c / l.groups, l.k, l.k]);
+        let b = rand(&[l.o]);
+        let p = ConvParams {
+            stride: l.stride,
+            padding: l.k / 2,
+            groups: l.groups,
+        };
+        group.bench_with_input(BenchmarkId::new("imgclass", l.name), l, |bch, l| {
+            bch.iter(|| ops::conv2d(&x, &w, Some(&b), p, l.act, None).unwrap())
+        });
+        group.bench_with_input(BenchmarkId::new("candle", l.name), l, |bch, l| {
+            bch.iter(|| ops::reference::conv2d(&x, &w, Some(&b), p, l.act, None).unwrap())
+        });
+    }
+    group.finish();
+}
+
+fn batch1(c: &mut Criterion) {
+    bench_layers(c, 1, "conv_batch1");
+}
+
+criterion_group!(benches, batch1);
 criterion_main!(benches);

@@ -15,8 +15,10 @@ use super::cpu::{activate, fmadd, multiversion};
 use super::{Activation, Geometry};
 use rayon::prelude::*;
 
-/// Output columns per register block (one AVX-512 register, two AVX2 registers).
+/// Output columns per register block (one AVX-512 register, two AVX2 registers); planes at most
+/// [`NARROW`] wide use blocks of [`NARROW`] columns instead.
 const LANES: usize = 16;
+const NARROW: usize = 8;
 /// Output rows per register block.
 const ROWS: usize = 4;
 
@@ -39,7 +41,8 @@ impl Plan {
     fn new(g: &Geometry) -> Self {
         let s = g.stride;
         let ohr = g.oh.div_ceil(ROWS) * ROWS;
-        let owr = g.ow.div_ceil(LANES) * LANES;
+        let lanes = if g.ow <= NARROW { NARROW } else { LANES };
+        let owr = g.ow.div_ceil(lanes) * lanes;
         let hp = (ohr * s + g.k).max(g.h + 2 * g.pad);
         let wq = (owr + (g.k - 1) / s).max((g.w + 2 * g.pad).div_ceil(s));
         Plan {
@@ -82,7 +85,11 @@ pub(crate) fn depthwise(
             let r = res.map(|r| &r[idx * out_plane..][..out_plane]);
             let b = bias.map_or(0.0, |b| b[ch]);
             let w = &wt[ch * kk..][..kk];
-            plane(&plan, xin, w, b, r, act, scratch, o);
+            if plan.ow <= NARROW {
+                plane_narrow(&plan, xin, w, b, r, act, scratch, o);
+            } else {
+                plane(&plan, xin, w, b, r, act, scratch, o);
+            }
         },
     );
     out
@@ -100,6 +107,36 @@ fn plane_body<const FMA: bool>(
     scratch: &mut [f32],
     out: &mut [f32],
 ) {
+    plane_impl::<FMA, LANES>(p, x, w, b, r, act, scratch, out)
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn plane_narrow_body<const FMA: bool>(
+    p: &Plan,
+    x: &[f32],
+    w: &[f32],
+    b: f32,
+    r: Option<&[f32]>,
+    act: Activation,
+    scratch: &mut [f32],
+    out: &mut [f32],
+) {
+    plane_impl::<FMA, NARROW>(p, x, w, b, r, act, scratch, out)
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn plane_impl<const FMA: bool, const L: usize>(
+    p: &Plan,
+    x: &[f32],
+    w: &[f32],
+    b: f32,
+    r: Option<&[f32]>,
+    act: Activation,
+    scratch: &mut [f32],
+    out: &mut [f32],
+) {
     let phase_len = p.hp * p.wq;
     scratch.fill(0.0);
     for iy in 0..p.h {
@@ -107,31 +144,60 @@ fn plane_body<const FMA: bool>(
         let base = (iy + p.pad) * p.wq;
         if p.s == 1 {
             scratch[base + p.pad..][..p.w].copy_from_slice(row);
+        } else if p.s == 2 {
+            // Input column 2i goes to phase pad % 2, column 2i+1 to the other phase (vectorised
+            // deinterleave: no per-element index arithmetic).
+            let half = p.w / 2;
+            let (ph_even, q_even) = (p.pad % 2, p.pad / 2);
+            let q_odd = (p.pad + 1) / 2;
+            let (lo, hi) = scratch.split_at_mut(phase_len);
+            let (p0, p1) = (&mut lo[base..], &mut hi[base..]);
+            let (even, odd) = if ph_even == 0 {
+                (&mut p0[q_even..], &mut p1[q_odd..])
+            } else {
+                (&mut p1[q_even..], &mut p0[q_odd..])
+            };
+            let (even, odd) = (&mut even[..half + p.w % 2], &mut odd[..half]);
+            for ((pair, e), o) in row.chunks_exact(2).zip(even.iter_mut()).zip(odd.iter_mut()) {
+                *e = pair[0];
+                *o = pair[1];
+            }
+            if p.w % 2 == 1 {
+                even[half] = row[p.w - 1];
+            }
         } else {
-            for (ix, v) in row.iter().enumerate() {
-                let pc = ix + p.pad;
-                scratch[(pc % p.s) * phase_len + base + pc / p.s] = *v;
+            // Phase `ph` holds padded columns q*s + ph, i.e. input columns q*s + ph - pad.
+            for ph in 0..p.s {
+                let q0 = (p.pad.saturating_sub(ph)).div_ceil(p.s);
+                let first = q0 * p.s + ph - p.pad;
+                if first >= p.w {
+                    continue;
+                }
+                let dst = &mut scratch[ph * phase_len + base + q0..];
+                for (d, v) in dst.iter_mut().zip(row[first..].iter().step_by(p.s)) {
+                    *d = *v;
+                }
             }
         }
     }
     let scratch = &*scratch;
     for oy0 in (0..p.oh).step_by(ROWS) {
         let nrows = ROWS.min(p.oh - oy0);
-        for j0 in (0..p.ow).step_by(LANES) {
-            let mut acc = [[b; LANES]; ROWS];
+        for j0 in (0..p.ow).step_by(L) {
+            let mut acc = [[b; L]; ROWS];
             for kh in 0..p.k {
                 for kw in 0..p.k {
                     let wv = w[kh * p.k + kw];
                     let base = (kw % p.s) * phase_len + j0 + kw / p.s;
                     for (rr, a) in acc.iter_mut().enumerate() {
-                        let src = &scratch[base + ((oy0 + rr) * p.s + kh) * p.wq..][..LANES];
-                        for i in 0..LANES {
+                        let src = &scratch[base + ((oy0 + rr) * p.s + kh) * p.wq..][..L];
+                        for i in 0..L {
                             a[i] = fmadd::<FMA>(src[i], wv, a[i]);
                         }
                     }
                 }
             }
-            let ncol = LANES.min(p.ow - j0);
+            let ncol = L.min(p.ow - j0);
             for (rr, a) in acc.iter().enumerate().take(nrows) {
                 let at = (oy0 + rr) * p.ow + j0;
                 let dst = &mut out[at..][..ncol];
@@ -153,3 +219,4 @@ fn plane_body<const FMA: bool>(
 }
 
 multiversion!(fn plane(p: &Plan, x: &[f32], w: &[f32], b: f32, r: Option<&[f32]>, act: Activation, scratch: &mut [f32], out: &mut [f32]) => plane_body);
+multiversion!(fn plane_narrow(p: &Plan, x: &[f32], w: &[f32], b: f32, r: Option<&[f32]>, act: Activation, scratch: &mut [f32], out: &mut [f32]) => plane_narrow_body);

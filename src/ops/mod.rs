@@ -18,6 +18,19 @@ pub mod depthwise;
 
 use candle_core::{DType, Device, Result, Tensor};
 
+/// Keep candle's own elementwise thread pool ("candle-bp", spinning workers) from competing with
+/// rayon's pool, which runs every kernel here: on a 2-core machine the two pools oversubscribe the
+/// cores and MobileNetV3's forward pass takes ~3x longer. Sets `CANDLE_NUM_THREADS=1` (candle's
+/// remaining elementwise ops then run on the calling thread) unless the user set it.
+///
+/// Call once at process start, before any tensor operation and before other threads are spawned
+/// (`std::env::set_var` is not safe to race with other threads reading the environment).
+pub fn configure_threads() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
 /// Activation fused after a convolution (and after the residual add, when there is one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activation {
