@@ -671,3 +671,30 @@ fn committed_sample_photos_are_classified() {
         assert_prediction_line(line, p, "mobilenet_v3_large", 5);
     }
 }
+
+#[test]
+fn weights_flag_accepts_a_torchvision_pth_with_the_same_answers() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    write_png(&h.join("a.png"), 280, 250, 21);
+    std::fs::write(h.join("mb.pth"), synthetic_pth_bytes(MB)).unwrap();
+    let file = synthetic_weights_file(MB).display().to_string();
+    let with = |w: &str| {
+        let o = run(
+            h,
+            &[
+                "classify",
+                "--model",
+                "mobilenet_v3_large",
+                "--weights",
+                w,
+                "--top-k",
+                "10",
+                "a.png",
+            ],
+        );
+        assert_eq!(code(&o), 0, "{w}: {}", stderr(&o));
+        json_lines(&o)
+    };
+    assert_eq!(with("mb.pth"), with(&file));
+}
