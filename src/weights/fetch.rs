@@ -299,7 +299,7 @@ fn progress_bar(len: Option<u64>, show: bool, msg: String) -> ProgressBar {
     }
     let pb = ProgressBar::with_draw_target(len, ProgressDrawTarget::stderr());
     let template = if len.is_some() {
-        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}"
+        "{msg} [{wide_bar}] {bytes}/{total_bytes} {bytes_per_sec} {eta}"
     } else {
         "{msg} {spinner} {bytes} {bytes_per_sec}"
     };
@@ -330,7 +330,7 @@ fn download(
     let expected = resp.body().content_length();
     let mut reader = resp.body_mut().as_reader();
     let mut tmp = temp_in(dir, kind, ".download")?;
-    let pb = progress_bar(expected, show_progress, entry.file_name().to_string());
+    let pb = progress_bar(expected, show_progress, kind.name().to_string());
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 << 10];
     let mut total = 0u64;
