@@ -104,9 +104,11 @@ pub struct ServeArgs {
     pub primary_deadline_ms: u64,
 
     /// A client must send the request headers within this time, or the connection is closed.
+    /// This is also how long an idle keep-alive connection stays open: keep it above the proxy's
+    /// upstream keep-alive timeout (ingress-nginx: 60 s), or the proxy may reuse a closing connection.
     #[arg(
         long,
-        default_value_t = 10_000,
+        default_value_t = 65_000,
         env = "IMGCLASS_HEADER_READ_TIMEOUT_MS"
     )]
     pub header_read_timeout_ms: u64,
@@ -163,6 +165,7 @@ pub struct ServeArgs {
 /// Test-only hooks (never set in production; logged loudly when set).
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct TestHooks {
+    #[serde(serialize_with = "ser_ms", rename = "primary_delay_ms")]
     pub primary_delay: Duration,
     pub primary_fault: bool,
     pub warmup_gate: Option<PathBuf>,
@@ -185,13 +188,13 @@ pub struct Settings {
     pub max_concurrent: usize,
     pub queue_depth: usize,
     pub max_batch_size: usize,
-    #[serde(serialize_with = "ser_ms")]
+    #[serde(serialize_with = "ser_ms", rename = "primary_deadline_ms")]
     pub primary_deadline: Duration,
-    #[serde(serialize_with = "ser_ms")]
+    #[serde(serialize_with = "ser_ms", rename = "header_read_timeout_ms")]
     pub header_read_timeout: Duration,
-    #[serde(serialize_with = "ser_ms")]
+    #[serde(serialize_with = "ser_ms", rename = "request_timeout_ms")]
     pub request_timeout: Duration,
-    #[serde(serialize_with = "ser_ms")]
+    #[serde(serialize_with = "ser_ms", rename = "shutdown_grace_ms")]
     pub shutdown_grace: Duration,
     pub retry_after_secs: u64,
     pub threads: usize,
