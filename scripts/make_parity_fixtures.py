@@ -312,18 +312,27 @@ def main():
 
 
 def make_small_state_dict():
-    """A tiny state_dict in torch's zip format and as safetensors (same values), for the .pth reader test."""
+    """A tiny state_dict in torch's zip format and as safetensors (same values), for the .pth reader test.
+
+    It is a real `Module.state_dict()` (an OrderedDict carrying `_metadata`, as torchvision's files), with
+    extra entries in other dtypes and layouts."""
+    from collections import OrderedDict
+
+    m = torch.nn.Sequential(OrderedDict(a=torch.nn.Conv2d(2, 3, 3), bn=torch.nn.BatchNorm2d(3)))
+    with torch.no_grad():
+        m.a.weight.copy_(torch.from_numpy(generated("small.a", (3, 2, 3, 3), 1.0, 0.0)))
+        m.a.bias.copy_(torch.from_numpy(generated("small.b", (3,), 1.0, 0.0)))
+        m.bn.weight.copy_(torch.from_numpy(generated("small.g", (3,), 0.25, 1.0)))
+        m.bn.running_var.copy_(torch.from_numpy(generated("small.v", (3,), 0.25, 1.0)))
+        m.bn.num_batches_tracked.fill_(7)
+    sd = m.state_dict()
+    assert hasattr(sd, "_metadata")
     base = torch.from_numpy(generated("small.base", (4, 6), 1.0, 0.0))
-    sd = {
-        "a.weight": torch.from_numpy(generated("small.a", (3, 2, 3, 3), 1.0, 0.0)),
-        "a.bias": torch.from_numpy(generated("small.b", (3,), 1.0, 0.0)),
-        "half": torch.from_numpy(generated("small.h", (5,), 1.0, 0.0)).to(torch.float16),
-        "bf16": torch.from_numpy(generated("small.bf", (2, 3), 1.0, 0.0)).to(torch.bfloat16),
-        "double": torch.from_numpy(generated("small.d", (4,), 1.0, 0.0)).to(torch.float64),
-        "transposed": base.t(),  # stride (1, 6): Fortran-contiguous view
-        "offset_view": base[2:],  # shares storage with `base`, storage offset 12
-        "bn.num_batches_tracked": torch.tensor(7, dtype=torch.int64),
-    }
+    sd["half"] = torch.from_numpy(generated("small.h", (5,), 1.0, 0.0)).to(torch.float16)
+    sd["bf16"] = torch.from_numpy(generated("small.bf", (2, 3), 1.0, 0.0)).to(torch.bfloat16)
+    sd["double"] = torch.from_numpy(generated("small.d", (4,), 1.0, 0.0)).to(torch.float64)
+    sd["transposed"] = base.t()  # stride (1, 6): Fortran-contiguous view
+    sd["offset_view"] = base[2:]  # shares storage with `base`, storage offset 12
     torch.save(sd, os.path.join(OUT, "small_state_dict.pth"))
     save_file(
         {k: v.contiguous().to(torch.float32).numpy() for k, v in sd.items() if not k.endswith("num_batches_tracked")},

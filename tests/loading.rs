@@ -171,8 +171,9 @@ fn num_batches_tracked_is_ignored_and_half_precision_is_converted() {
 
 #[test]
 fn torch_zip_pth_reads_like_safetensors() {
-    // written by torch.save (zip format) in scripts/make_parity_fixtures.py: f32, f16, bf16, f64,
-    // a transposed (Fortran-order) view, a view with a storage offset, an int64 counter
+    // written by torch.save (zip format) in scripts/make_parity_fixtures.py: a real Module.state_dict()
+    // (OrderedDict with `_metadata`) plus f16, bf16, f64, a transposed (Fortran-order) view, a view with
+    // a storage offset, an int64 counter
     let pth = read_tensors(&fixtures().join("small_state_dict.pth")).unwrap();
     let st = read_tensors(&fixtures().join("small_state_dict.safetensors")).unwrap();
     let mut keys: Vec<&String> = pth.keys().collect();
@@ -183,7 +184,11 @@ fn torch_zip_pth_reads_like_safetensors() {
             "a.bias",
             "a.weight",
             "bf16",
+            "bn.bias",
             "bn.num_batches_tracked",
+            "bn.running_mean",
+            "bn.running_var",
+            "bn.weight",
             "double",
             "half",
             "offset_view",
