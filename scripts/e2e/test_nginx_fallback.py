@@ -1,0 +1,77 @@
+"""Ingress fallback, end to end, with real processes: a real nginx configured as ingress-nginx
+renders manifests/base/ingress.yaml, in front of two `imgclass serve --profile full` and one
+`--profile lite` (synthetic weights), all on 127.0.0.1. Scenarios (a)-(g) are in fallback.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import fallback as fb
+from harness import Nginx, Server, free_port, require_tool
+from ingress_nginx import render
+from recorder import Recorder
+
+
+@pytest.fixture(scope="module")
+def topo(binary, weights_dir, ingress, tmp_path_factory):
+    require_tool("nginx")
+    logdir = tmp_path_factory.mktemp("logs")
+    lite = Server(binary, weights_dir, "lite", free_port(), logdir, "lite").start()
+    full_a = Server(binary, weights_dir, "full", free_port(), logdir, "full-a").start()
+    full_b = Server(binary, weights_dir, "full", free_port(), logdir, "full-b").start()
+    procs = [lite, full_a, full_b]
+    recorder = Recorder("127.0.0.1", lite.port).start()
+    nginx = None
+    try:
+        for p in procs:
+            p.wait_ready()
+        port = free_port()
+        prefix = tmp_path_factory.mktemp("nginx")
+        conf = render(
+            ingress,
+            listen_port=port,
+            full_upstreams=[f"127.0.0.1:{full_a.port}", f"127.0.0.1:{full_b.port}"],
+            lite_upstream=f"127.0.0.1:{recorder.port}",
+            prefix=prefix,
+        )
+        nginx = Nginx(conf, prefix, port).start()
+        t = fb.Topology(full_a, full_b, lite, recorder, port, ingress.read_timeout_s, env_a={}, env_b={})
+        yield t
+        for note in t.notes:
+            print(note)
+    finally:
+        if nginx is not None:
+            nginx.stop()
+        recorder.stop()
+        for p in procs:
+            p.kill()
+
+
+def test_a_normal_requests_are_answered_by_full(topo):
+    fb.scenario_a_normal(topo)
+
+
+def test_b_full_pod_answering_500_falls_back_to_lite(topo):
+    fb.scenario_b_fault_error(topo)
+
+
+def test_c_stalled_full_pod_falls_back_to_lite_after_read_timeout(topo):
+    fb.scenario_c_fault_stall(topo)
+
+
+def test_d_full_pod_killed_mid_request_falls_back_to_lite(topo):
+    fb.scenario_d_killed_mid_request(topo)
+
+
+def test_e_overloaded_full_sheds_503_to_lite(topo):
+    fb.scenario_e_overload(topo)
+
+
+def test_f_client_errors_reach_the_client_and_never_lite(topo, ingress):
+    fb.scenario_f_client_errors(topo, ingress.body_size_bytes)
+
+
+def test_g_steady_load_with_faults_loses_nothing(topo):
+    by = fb.scenario_g_steady_load(topo, fb.host_faults(topo))
+    print(f"steady load answered by: {by}")
