@@ -270,38 +270,52 @@ pub fn check_state_dict(
     }
 }
 
-/// A candle `VarBuilder` backend over a state_dict that checks shapes and records which keys the
-/// model used, so that keys the model did not ask for are reported as unexpected.
-pub struct StrictTensors {
+/// Float tensors converted to f32 and `num_batches_tracked` entries dropped.
+pub fn normalize_state_dict(
     tensors: HashMap<String, Tensor>,
-    used: Arc<Mutex<HashSet<String>>>,
+) -> candle_core::Result<HashMap<String, Tensor>> {
+    tensors
+        .into_iter()
+        .filter(|(k, _)| !k.ends_with(IGNORED_SUFFIX))
+        .map(|(k, t)| Ok((k, to_f32_if_float(t)?)))
+        .collect()
+}
+
+#[derive(Default)]
+struct StrictState {
+    remaining: HashMap<String, Tensor>,
+    taken: HashSet<String>,
+}
+
+/// A candle `VarBuilder` backend over a state_dict that checks shapes and hands out each key once,
+/// dropping it from its map (so the unfolded weights are freed while the model is built); the keys
+/// left at the end are the ones the model did not ask for.
+#[derive(Clone)]
+pub struct StrictTensors {
+    state: Arc<Mutex<StrictState>>,
 }
 
 impl StrictTensors {
-    /// Float tensors converted to f32 and `num_batches_tracked` dropped.
-    pub fn new(tensors: HashMap<String, Tensor>) -> candle_core::Result<Self> {
-        let tensors = tensors
-            .into_iter()
-            .filter(|(k, _)| !k.ends_with(IGNORED_SUFFIX))
-            .map(|(k, t)| Ok((k, to_f32_if_float(t)?)))
-            .collect::<candle_core::Result<_>>()?;
-        Ok(Self {
-            tensors,
-            used: Arc::new(Mutex::new(HashSet::new())),
-        })
+    pub fn new(tensors: HashMap<String, Tensor>) -> Self {
+        Self {
+            state: Arc::new(Mutex::new(StrictState {
+                remaining: tensors,
+                taken: HashSet::new(),
+            })),
+        }
     }
 
-    /// The set of keys requested so far (shared with the backend once it is boxed).
-    pub fn used(&self) -> Arc<Mutex<HashSet<String>>> {
-        Arc::clone(&self.used)
+    fn lock(&self) -> candle_core::Result<std::sync::MutexGuard<'_, StrictState>> {
+        self.state
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("weights bookkeeping lock poisoned".into()))
     }
 
-    pub fn keys(&self) -> Vec<String> {
-        self.tensors.keys().cloned().collect()
-    }
-
-    pub fn tensors(&self) -> &HashMap<String, Tensor> {
-        &self.tensors
+    /// Keys not requested so far, sorted.
+    pub fn remaining_keys(&self) -> candle_core::Result<Vec<String>> {
+        let mut keys: Vec<String> = self.lock()?.remaining.keys().cloned().collect();
+        keys.sort_unstable();
+        Ok(keys)
     }
 }
 
@@ -326,18 +340,26 @@ impl candle_nn::var_builder::SimpleBackend for StrictTensors {
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        let t = self
-            .tensors
-            .get(name)
-            .ok_or_else(|| candle_core::Error::Msg(format!("missing key `{name}`")))?;
-        if let Ok(mut used) = self.used.lock() {
-            used.insert(name.to_string());
-        }
+        let t = {
+            let mut state = self.lock()?;
+            match state.remaining.remove(name) {
+                Some(t) => {
+                    state.taken.insert(name.to_string());
+                    t
+                }
+                None if state.taken.contains(name) => {
+                    candle_core::bail!("key `{name}` requested twice by the model")
+                }
+                None => candle_core::bail!("missing key `{name}`"),
+            }
+        };
         t.to_dtype(dtype)?.to_device(dev)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.tensors.contains_key(name)
+        self.lock()
+            .map(|s| s.remaining.contains_key(name) || s.taken.contains(name))
+            .unwrap_or(false)
     }
 }
 
@@ -352,21 +374,15 @@ pub fn build_strict<M>(
         path: source.to_string(),
         reason,
     };
-    let strict = StrictTensors::new(tensors).map_err(|e| invalid(e.to_string()))?;
-    check_state_dict(kind, strict.tensors()).map_err(invalid)?;
-    let keys = strict.keys();
-    let used = strict.used();
-    let vb = candle_nn::VarBuilder::from_backend(Box::new(strict), DType::F32, Device::Cpu);
+    let tensors = normalize_state_dict(tensors).map_err(|e| invalid(e.to_string()))?;
+    check_state_dict(kind, &tensors).map_err(invalid)?;
+    let strict = StrictTensors::new(tensors);
+    let vb = candle_nn::VarBuilder::from_backend(Box::new(strict.clone()), DType::F32, Device::Cpu);
     let model = build(vb).map_err(|e| invalid(format!("{e} (model {kind})")))?;
-    let used = used
-        .lock()
-        .map_err(|_| Error::Internal("weights bookkeeping lock poisoned".into()))?;
-    let mut unused: Vec<&str> = keys
-        .iter()
-        .map(String::as_str)
-        .filter(|k| !used.contains(*k))
-        .collect();
-    unused.sort_unstable();
+    let unused = strict
+        .remaining_keys()
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let unused: Vec<&str> = unused.iter().map(String::as_str).collect();
     if !unused.is_empty() {
         return Err(invalid(format!(
             "unexpected key{} {} (model {kind})",
