@@ -249,6 +249,44 @@ def scenario_f_client_errors(topo: Topology, body_limit: int) -> None:
     assert topo.recorder.records() == [], "lite saw client errors"
 
 
+def scenario_h_no_full_pod_left(topo: Topology) -> None:
+    """Every full pod gone (as a Service without ready endpoints): lite answers everything."""
+    topo.set_full()
+    topo.full_a.kill()
+    topo.full_b.kill()
+    topo.forget("a")
+    topo.forget("b")
+    imgs = sample_images()
+    for i in range(3):
+        r = send(topo, imgs[i % len(imgs)], i)
+        assert_answered_by_lite(topo, r, 502, "/classify?top_k=3")
+
+
+def scenario_i_graceful_shutdown(topo: Topology, terminate) -> None:
+    """A full pod gets SIGTERM (rollout, scale-in) with requests in flight: they complete, the
+    process exits 0, and nothing fails; new requests go to the other full pod or lite."""
+    topo.set_full(a={"IMGCLASS_TEST_PRIMARY_DELAY_MS": "1500"})
+    imgs = sample_images()
+    results: list = [None] * 4
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, send(topo, imgs[i % len(imgs)], i))) for i in range(4)]
+    for t in threads:
+        t.start()
+    wait_in_flight(topo.full_a)
+    code = terminate()
+    topo.forget("a")
+    for t in threads:
+        t.join(timeout=120)
+    assert code == 0, f"full-a exited with {code} after SIGTERM"
+    assert all(r is not None for r in results), "a request was lost"
+    for r in results:
+        assert r.status == 200, (r.status, r.body[:200])
+        if r.profile == "lite":
+            assert_answered_by_lite(topo, r, int(lite_records(topo, r)[0].header("x-code")), "/classify?top_k=3")
+        else:
+            assert_answered_by_full(topo, r)
+    assert any(r.profile == "full" for r in results)
+
+
 def scenario_g_steady_load(topo: Topology, faults: list[tuple[str, callable]], total: int = 40, clients: int = 4) -> dict:
     """`clients` threads send `total` requests (every 8th a non-image); `faults` run one after the
     other while the load runs, each once a share of the requests is answered."""

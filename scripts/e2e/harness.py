@@ -248,6 +248,12 @@ class Server:
     def unpause(self) -> None:
         self.signal(signal.SIGCONT)
 
+    def terminate(self, timeout: float = 60.0) -> int:
+        """SIGTERM (what the kubelet sends after preStop) and wait: the exit code."""
+        assert self.proc is not None and self.proc.poll() is None, f"{self.name} is not running"
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGCONT)

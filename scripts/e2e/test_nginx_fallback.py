@@ -72,6 +72,14 @@ def test_f_client_errors_reach_the_client_and_never_lite(topo, ingress):
     fb.scenario_f_client_errors(topo, ingress.body_size_bytes)
 
 
+def test_h_no_full_pod_left_lite_answers_everything(topo):
+    fb.scenario_h_no_full_pod_left(topo)
+
+
+def test_i_sigterm_on_a_full_pod_loses_nothing(topo):
+    fb.scenario_i_graceful_shutdown(topo, topo.full_a.terminate)
+
+
 def test_g_steady_load_with_faults_loses_nothing(topo):
     by = fb.scenario_g_steady_load(topo, fb.host_faults(topo))
     print(f"steady load answered by: {by}")
