@@ -65,14 +65,17 @@ pub(crate) fn level() -> Level {
 /// generic over `const FMA: bool` (true inside the AVX2/AVX-512 wrappers, see [`fmadd`]).
 macro_rules! multiversion {
     ($vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) => $body_fn:ident) => {
+        #[allow(clippy::too_many_arguments)]
         $vis fn $name($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f,avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
             unsafe fn v4($($arg: $ty),*) {
                 $body_fn::<true>($($arg),*)
             }
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
             unsafe fn v3($($arg: $ty),*) {
                 $body_fn::<true>($($arg),*)
             }

@@ -138,7 +138,8 @@ fn plane_impl<const FMA: bool, const L: usize>(
     out: &mut [f32],
 ) {
     let phase_len = p.hp * p.wq;
-    scratch.fill(0.0);
+    // `scratch` was zeroed when created and every plane of this call writes the same positions,
+    // so the padding is still zero: only the interior is (over)written here.
     for iy in 0..p.h {
         let row = &x[iy * p.w..][..p.w];
         let base = (iy + p.pad) * p.wq;
@@ -149,7 +150,7 @@ fn plane_impl<const FMA: bool, const L: usize>(
             // deinterleave: no per-element index arithmetic).
             let half = p.w / 2;
             let (ph_even, q_even) = (p.pad % 2, p.pad / 2);
-            let q_odd = (p.pad + 1) / 2;
+            let q_odd = p.pad.div_ceil(2);
             let (lo, hi) = scratch.split_at_mut(phase_len);
             let (p0, p1) = (&mut lo[base..], &mut hi[base..]);
             let (even, odd) = if ph_even == 0 {

@@ -11,10 +11,17 @@
 //!   place, strided 1x1 and kxk go through im2col; bias, residual and activation fused into one pass
 //!   over the GEMM output;
 //! - anything else (other grouped convolutions, non-f32, non-CPU): the plain candle reference.
+//!
+//! [`pool`] has the other ops of the two networks (global average pooling, SqueezeExcitation's
+//! scaling, max pooling) on the same rayon pool.
 
 mod cpu;
 pub mod dense;
 pub mod depthwise;
+pub mod mmap;
+pub mod pool;
+
+pub use pool::{global_avg_pool, max_pool2d, se_scale};
 
 use candle_core::{DType, Device, Result, Tensor};
 

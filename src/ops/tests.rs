@@ -107,6 +107,7 @@ fn dw(n: usize, c: usize, h: usize, w: usize, k: usize, stride: usize, pad: usiz
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn dense(
     n: usize,
     c: usize,
@@ -249,4 +250,68 @@ fn mismatched_residual_is_an_error_not_a_panic() {
         groups: 4,
     };
     assert!(conv2d(&x, &w, None, p, Activation::None, Some(&r)).is_err());
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn global_avg_pool_matches_reference() {
+    for shape in [[1, 2048, 7, 7], [3, 40, 28, 28], [2, 5, 1, 1], [2, 3, 5, 9]] {
+        let x = rand_tensor(&shape, 20);
+        let got = pool::global_avg_pool(&x).unwrap();
+        let want = pool::reference::global_avg_pool(&x).unwrap();
+        assert_eq!(got.dims(), &[shape[0], shape[1]]);
+        assert!(max_diff(&got, &want) < 1e-5, "{shape:?}");
+    }
+}
+
+#[test]
+fn se_scale_matches_reference() {
+    for (shape, four_d) in [
+        ([1, 72, 28, 28], true),
+        ([3, 960, 7, 7], false),
+        ([2, 4, 5, 3], true),
+    ] {
+        let x = rand_tensor(&shape, 21);
+        // Scales spread over the whole hardsigmoid range, saturated parts included.
+        let s = (rand_tensor(&[shape[0], shape[1]], 22) * 5.0).unwrap();
+        let s = if four_d {
+            s.reshape((shape[0], shape[1], 1, 1)).unwrap()
+        } else {
+            s
+        };
+        let got = pool::se_scale(&x, &s).unwrap();
+        let want = pool::reference::se_scale(&x, &s).unwrap();
+        assert!(max_diff(&got, &want) < 1e-6, "{shape:?}");
+    }
+    let x = rand_tensor(&[1, 4, 3, 3], 23);
+    assert!(pool::se_scale(&x, &rand_tensor(&[1, 3], 24)).is_err());
+}
+
+#[test]
+fn max_pool2d_matches_reference() {
+    // The ResNet stem (3, 2, 1) on negative-heavy inputs: padding must never win.
+    for (shape, k, s, p) in [
+        ([1, 64, 112, 112], 3, 2, 1),
+        ([2, 3, 9, 8], 3, 2, 1),
+        ([2, 3, 10, 10], 2, 2, 0),
+        ([1, 2, 7, 7], 3, 1, 1),
+    ] {
+        let x = (rand_tensor(&shape, 25) - 0.9).unwrap();
+        let got = pool::max_pool2d(&x, k, s, p).unwrap();
+        let want = pool::reference::max_pool2d(&x, k, s, p).unwrap();
+        assert_eq!(max_diff(&got, &want), 0.0, "{shape:?} k{k} s{s} p{p}");
+    }
 }

@@ -1,0 +1,139 @@
+//! The non-convolution ops of the two networks, on rayon (not candle's elementwise pool, which
+//! competes with rayon for the cores), with the plain candle ops as fallback and reference:
+//! - [`global_avg_pool`]: `[N,C,H,W] -> [N,C]` (ResNet head, SqueezeExcitation, MobileNetV3 head);
+//! - [`se_scale`]: `x * hardsigmoid(s)` broadcast over H, W (MobileNetV3's SqueezeExcitation);
+//! - [`max_pool2d`]: `MaxPool2d(k, stride, padding)` with PyTorch's padding semantics (ResNet stem).
+
+use super::cpu::F32View;
+use candle_core::{DType, Device, Result, Tensor};
+use rayon::prelude::*;
+
+fn cpu_f32(t: &Tensor) -> bool {
+    t.dtype() == DType::F32 && matches!(t.device(), Device::Cpu) && t.rank() == 4
+}
+
+/// Global average pooling `[N,C,H,W] -> [N,C]`.
+pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+    if !cpu_f32(x) {
+        return reference::global_avg_pool(x);
+    }
+    let (n, c, h, w) = x.dims4()?;
+    let x = x.contiguous()?;
+    let xv = F32View::new(&x)?;
+    let xs = xv.slice()?;
+    let hw = h * w;
+    let mut out = vec![0f32; n * c];
+    if hw > 0 {
+        out.par_iter_mut()
+            .with_min_len(64)
+            .enumerate()
+            .for_each(|(i, o)| {
+                *o = xs[i * hw..][..hw].iter().sum::<f32>() / hw as f32;
+            });
+    }
+    Tensor::from_vec(out, (n, c), &Device::Cpu)
+}
+
+/// `x * hardsigmoid(s)` for `x: [N,C,H,W]` and `s: [N,C]` or `[N,C,1,1]`, hardsigmoid being
+/// torch's `relu6(s + 3) / 6`.
+pub fn se_scale(x: &Tensor, s: &Tensor) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    if s.elem_count() != n * c || !(s.dims() == [n, c] || s.dims() == [n, c, 1, 1]) {
+        candle_core::bail!(
+            "se_scale: scale shape {:?} for input {:?}",
+            s.dims(),
+            x.dims()
+        );
+    }
+    if !cpu_f32(x) || s.dtype() != DType::F32 || !matches!(s.device(), Device::Cpu) {
+        return reference::se_scale(x, s);
+    }
+    let (x, s) = (x.contiguous()?, s.contiguous()?);
+    let (xv, sv) = (F32View::new(&x)?, F32View::new(&s)?);
+    let (xs, ss) = (xv.slice()?, sv.slice()?);
+    let hw = h * w;
+    let mut out = vec![0f32; n * c * hw];
+    if hw > 0 {
+        out.par_chunks_mut(hw)
+            .with_min_len((4096 / hw).max(1))
+            .enumerate()
+            .for_each(|(i, o)| {
+                let g = (ss[i] + 3.0).clamp(0.0, 6.0) / 6.0;
+                for (d, v) in o.iter_mut().zip(&xs[i * hw..][..hw]) {
+                    *d = *v * g;
+                }
+            });
+    }
+    Tensor::from_vec(out, (n, c, h, w), &Device::Cpu)
+}
+
+/// `MaxPool2d(kernel, stride, padding)` as PyTorch: padded positions never win (they are -inf).
+pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
+    if kernel == 0 || stride == 0 || padding * 2 > kernel {
+        candle_core::bail!("max_pool2d: kernel {kernel}, stride {stride}, padding {padding}");
+    }
+    if !cpu_f32(x) {
+        return reference::max_pool2d(x, kernel, stride, padding);
+    }
+    let (n, c, h, w) = x.dims4()?;
+    if h + 2 * padding < kernel || w + 2 * padding < kernel {
+        candle_core::bail!("max_pool2d: input {h}x{w} smaller than the kernel {kernel}");
+    }
+    let oh = (h + 2 * padding - kernel) / stride + 1;
+    let ow = (w + 2 * padding - kernel) / stride + 1;
+    let x = x.contiguous()?;
+    let xv = F32View::new(&x)?;
+    let xs = xv.slice()?;
+    let mut out = vec![0f32; n * c * oh * ow];
+    out.par_chunks_mut(oh * ow).enumerate().for_each(|(i, o)| {
+        let plane = &xs[i * h * w..][..h * w];
+        for oy in 0..oh {
+            let y0 = (oy * stride).saturating_sub(padding);
+            let y1 = (oy * stride + kernel - padding).min(h);
+            for ox in 0..ow {
+                let x0 = (ox * stride).saturating_sub(padding);
+                let x1 = (ox * stride + kernel - padding).min(w);
+                let mut m = f32::NEG_INFINITY;
+                for row in plane[y0 * w..y1 * w].chunks_exact(w) {
+                    for v in &row[x0..x1] {
+                        m = m.max(*v);
+                    }
+                }
+                o[oy * ow + ox] = m;
+            }
+        }
+    });
+    Tensor::from_vec(out, (n, c, oh, ow), &Device::Cpu)
+}
+
+/// Plain candle versions (reference and fallback).
+pub mod reference {
+    use candle_core::{Result, Tensor};
+
+    pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+        x.flatten_from(2)?.mean(2)
+    }
+
+    pub fn se_scale(x: &Tensor, s: &Tensor) -> Result<Tensor> {
+        let (n, c, _, _) = x.dims4()?;
+        let g = ((s.reshape((n, c, 1, 1))? + 3.0)?.clamp(0f32, 6f32)? / 6.0)?;
+        x.broadcast_mul(&g)
+    }
+
+    pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
+        let x = if padding > 0 {
+            // -inf padding: a padded position never wins, as in PyTorch.
+            let (n, c, h, w) = x.dims4()?;
+            let ninf = |shape: (usize, usize, usize, usize)| {
+                Tensor::full(f32::NEG_INFINITY, shape, x.device())?.to_dtype(x.dtype())
+            };
+            let side = ninf((n, c, h, padding))?;
+            let x = Tensor::cat(&[&side, x, &side], 3)?;
+            let top = ninf((n, c, padding, w + 2 * padding))?;
+            Tensor::cat(&[&top, &x, &top], 2)?
+        } else {
+            x.clone()
+        };
+        x.max_pool2d_with_stride(kernel, stride)
+    }
+}
