@@ -110,11 +110,8 @@ fn to_f32_if_float(t: Tensor) -> candle_core::Result<Tensor> {
 }
 
 fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
-    // SAFETY: the mapping is read-only and only lives during this function; every tensor is copied
-    // out of it. A concurrent truncation of the file by another process could fault, which is the
-    // documented caveat of memory-mapping (candle's `MmapedSafetensors`).
-    #[allow(unsafe_code)]
-    let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }
+    // Copies every tensor out of the read-only mapping (see `ops::mmap`).
+    let st = crate::ops::mmap::mmap_safetensors(path)
         .map_err(|e| invalid(path, format!("not a valid safetensors file: {e}")))?;
     st.tensors()
         .into_iter()
