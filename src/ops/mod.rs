@@ -19,6 +19,7 @@ mod cpu;
 pub mod dense;
 pub mod depthwise;
 pub mod mmap;
+pub mod mmap;
 pub mod pool;
 
 pub use pool::{global_avg_pool, max_pool2d, se_scale};
