@@ -19,7 +19,6 @@ mod cpu;
 pub mod dense;
 pub mod depthwise;
 pub mod mmap;
-pub mod mmap;
 pub mod pool;
 
 pub use pool::{global_avg_pool, max_pool2d, se_scale};
