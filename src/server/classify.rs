@@ -167,7 +167,7 @@ async fn multipart_file(body: Bytes, boundary: String) -> Result<Bytes, ApiError
     }
 }
 
-/// Decode and preprocess on the blocking pool, at most `threads` at once.
+/// Decode and preprocess on the blocking pool, at most `decode_threads` at once.
 async fn preprocess_off_runtime(
     state: &AppState,
     bytes: Bytes,

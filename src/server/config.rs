@@ -131,6 +131,11 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 0, env = "IMGCLASS_THREADS")]
     pub threads: usize,
 
+    /// Images decoded at once (on the blocking pool). 0: half the compute threads, at least 1
+    /// (decoding beside a parallel forward pass preempts its kernels).
+    #[arg(long, default_value_t = 0, env = "IMGCLASS_DECODE_THREADS")]
+    pub decode_threads: usize,
+
     /// JSON log lines (for containers) instead of human-readable ones.
     #[arg(long, env = "IMGCLASS_JSON_LOGS", value_parser = clap::builder::BoolishValueParser::new())]
     pub json_logs: bool,
@@ -198,6 +203,7 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     pub retry_after_secs: u64,
     pub threads: usize,
+    pub decode_threads: usize,
     pub json_logs: bool,
     pub log: String,
     pub fault: Fault,
@@ -254,6 +260,11 @@ impl Settings {
             shutdown_grace: Duration::from_millis(a.shutdown_grace_ms),
             retry_after_secs: a.retry_after_secs,
             threads,
+            decode_threads: if a.decode_threads == 0 {
+                (threads / 2).max(1)
+            } else {
+                a.decode_threads
+            },
             json_logs: a.json_logs,
             log: a.log.clone(),
             fault: a.fault,

@@ -35,7 +35,7 @@ impl AppState {
             settings.queue_depth,
             metrics.queue_depth.clone(),
         );
-        let decode_permits = Arc::new(Semaphore::new(settings.threads.max(1)));
+        let decode_permits = Arc::new(Semaphore::new(settings.decode_threads.max(1)));
         AppState {
             settings,
             metrics,
