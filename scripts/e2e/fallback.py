@@ -9,7 +9,6 @@ nginx forwards, so each client response is matched with what lite received (or d
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -369,5 +368,3 @@ def host_faults(topo: Topology) -> list[tuple[str, callable]]:
     return [("full-a restarted with --fault error", a_broken), ("full-b paused", b_paused),
             ("full-b resumed, full-a killed", b_resumed_a_killed)]
 
-
-SIGSTOP, SIGCONT = signal.SIGSTOP, signal.SIGCONT
