@@ -59,6 +59,21 @@ impl Out {
     }
 }
 
+struct InFlight(prometheus::IntGauge);
+
+impl InFlight {
+    fn new(g: &prometheus::IntGauge) -> InFlight {
+        g.inc();
+        InFlight(g.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 fn request_id(req: &Request<Incoming>) -> String {
     req.headers()
         .get(REQUEST_ID)
@@ -86,7 +101,8 @@ fn route_label(path: &str) -> &'static str {
 
 pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let started = Instant::now();
-    state.metrics.in_flight.inc();
+    // a guard, so that a request whose future is dropped (client gone, shutdown) is not counted forever
+    let _in_flight = InFlight::new(&state.metrics.in_flight);
     let request_id = request_id(&req);
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -103,7 +119,6 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Fu
             "request handler panicked".into(),
         ))),
     };
-    state.metrics.in_flight.dec();
 
     let elapsed = started.elapsed();
     let status = out.status;
@@ -254,6 +269,7 @@ fn info(state: &AppState) -> serde_json::Value {
             "top_k_max": classify::MAX_TOP_K,
         },
         "threads": s.threads,
+        "decode_threads": s.decode_threads,
         "fault": s.fault,
     })
 }
