@@ -200,6 +200,7 @@ struct Server {
     child: Child,
     addr: SocketAddr,
     logs: Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 fn start_server(profile: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
@@ -225,7 +226,7 @@ fn start_server(profile: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
     let logs = Arc::new(Mutex::new(Vec::new()));
     let (tx, rx) = std::sync::mpsc::channel();
     let l = logs.clone();
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if line.contains("listening on http://") {
                 let v: Value = serde_json::from_str(&line).unwrap();
@@ -244,7 +245,12 @@ fn start_server(profile: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
             );
         }
     };
-    Server { child, addr, logs }
+    Server {
+        child,
+        addr,
+        logs,
+        reader: Some(reader),
+    }
 }
 
 impl Server {
@@ -278,6 +284,23 @@ impl Server {
             .collect()
     }
 
+    /// The first JSON log line matching `pred`, waiting for it (the server logs a request just
+    /// before answering it; the line may still be in the pipe).
+    fn wait_log(&self, pred: impl Fn(&Value) -> bool) -> Value {
+        let t = Instant::now();
+        loop {
+            if let Some(l) = self.log_lines().into_iter().find(|l| pred(l)) {
+                return l;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "no such log line; logs:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -303,6 +326,10 @@ impl Server {
         let t = Instant::now();
         loop {
             if let Some(st) = self.child.try_wait().unwrap() {
+                // every log line read before looking at them
+                if let Some(r) = self.reader.take() {
+                    r.join().unwrap();
+                }
                 return st;
             }
             assert!(
@@ -632,11 +659,7 @@ fn lite_http_contract_every_status_code() {
     )
     .unwrap();
     assert_eq!(r.status, 200);
-    let logged = s
-        .log_lines()
-        .into_iter()
-        .find(|l| l["request_id"] == "from-ingress-1")
-        .unwrap_or_else(|| panic!("no log line; logs:\n{}", s.logs()));
+    let logged = s.wait_log(|l| l["request_id"] == "from-ingress-1");
     assert_eq!(logged["x_code"], "503");
     assert_eq!(logged["x_original_uri"], "/classify?top_k=2");
     assert_eq!(logged["status"], 200);
@@ -894,10 +917,7 @@ fn full_profile_falls_back_in_process_when_the_primary_errors() {
     );
     assert_eq!(s.metric("imgclass_fallbacks_total{reason=\"error\"}"), 1.0);
     let logged = s
-        .log_lines()
-        .into_iter()
-        .find(|l| l["message"] == "request" && l["status"] == 200 && l["route"] == "/classify")
-        .unwrap();
+        .wait_log(|l| l["message"] == "request" && l["status"] == 200 && l["route"] == "/classify");
     assert_eq!(logged["fallback"], "error");
 }
 
