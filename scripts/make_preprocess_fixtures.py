@@ -124,6 +124,17 @@ def make_resize_fixtures():
         f.write("\n")
 
 
+def make_dct_fixtures():
+    """Progressive JPEGs for the DC-only (1/8 scale) decoder: 4:2:0, 4:4:4, grayscale, restart markers."""
+    out = os.path.join(FIX, "dct")
+    ensure(out)
+    img = Image.open(os.path.join(SKDATA, "rocket.jpg")).convert("RGB").resize((333, 221), Image.BICUBIC)
+    img.save(os.path.join(out, "prog420.jpg"), quality=90, progressive=True)
+    img.save(os.path.join(out, "prog444.jpg"), quality=90, progressive=True, subsampling=0)
+    img.convert("L").save(os.path.join(out, "prog_gray.jpg"), quality=90, progressive=True)
+    img.save(os.path.join(out, "prog420_rst.jpg"), quality=90, progressive=True, restart_marker_blocks=5)
+
+
 def png_chunk(kind, data):
     c = struct.pack(">I", len(data)) + kind + data
     return c + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
@@ -294,6 +305,7 @@ if __name__ == "__main__":
     make_sample_fixtures()
     make_resize_fixtures()
     make_format_fixtures()
+    make_dct_fixtures()
     make_bad_fixtures()
     total = 0
     for d, _, files in os.walk(FIX):

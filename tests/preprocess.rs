@@ -303,3 +303,139 @@ fn mutated_inputs_never_panic() {
     }
     assert!(runs > 500);
 }
+
+// ---------------------------------------------------------------------------------------------
+// DCT-domain (DC-only, 1/8 scale) decoding of large progressive JPEGs.
+
+use imgclass::preprocess::DctScaling;
+
+/// Insert an APP1 Exif segment with the given orientation right after SOI.
+fn with_exif_orientation(jpeg: &[u8], o: u16) -> Vec<u8> {
+    let mut seg = b"Exif\0\0".to_vec();
+    seg.extend_from_slice(&[
+        b'M', b'M', 0, 42, 0, 0, 0, 8, 0, 1, 0x01, 0x12, 0, 3, 0, 0, 0, 1,
+    ]);
+    seg.extend_from_slice(&o.to_be_bytes());
+    seg.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    let mut out = vec![0xFF, 0xD8, 0xFF, 0xE1];
+    out.extend_from_slice(&((seg.len() + 2) as u16).to_be_bytes());
+    out.extend_from_slice(&seg);
+    out.extend_from_slice(&jpeg[2..]);
+    out
+}
+
+fn crop_with(bytes: &[u8], s: DctScaling) -> image::RgbImage {
+    preprocess::preprocess_with(bytes, &DecodeLimits::default(), &Transform::IMAGENET, s)
+        .unwrap()
+        .0
+        .crop
+}
+
+#[test]
+fn auto_dct_scaling_leaves_small_images_alone() {
+    // Samples and small progressive JPEGs are far below the shrink threshold: bit-identical.
+    for f in [
+        "samples/chelsea.jpg",
+        "tests/fixtures/preprocess/dct/prog420.jpg",
+        "tests/fixtures/preprocess/formats/progressive.jpg",
+    ] {
+        let b = read(&root().join(f));
+        assert_eq!(
+            crop_with(&b, DctScaling::Auto),
+            crop_with(&b, DctScaling::Off),
+            "{f}"
+        );
+    }
+}
+
+#[test]
+fn dct_scaling_follows_exif_orientation() {
+    let plain = read(&fix("dct/prog420.jpg"));
+    let (_, _, base) = diff(
+        &crop_with(&plain, DctScaling::Always),
+        &crop_with(&plain, DctScaling::Off),
+    );
+    eprintln!("orientation 1: DC path vs full decode mean |Δ| normalised {base:.4}");
+    for o in 2..=8u16 {
+        let b = with_exif_orientation(&plain, o);
+        let full = preprocess::decode(&b, &DecodeLimits::default()).unwrap();
+        let expect_dims = if o >= 5 { (221, 333) } else { (333, 221) };
+        assert_eq!(full.dimensions(), expect_dims, "orientation {o}");
+        let (_, _, d) = diff(
+            &crop_with(&b, DctScaling::Always),
+            &crop_with(&b, DctScaling::Off),
+        );
+        eprintln!("orientation {o}: DC path vs full decode mean |Δ| normalised {d:.4}");
+        assert!(
+            d <= base * 1.03 + 0.002,
+            "orientation {o}: {d} vs {base} without orientation"
+        );
+    }
+}
+
+#[test]
+fn dct_scaling_keeps_the_refusals() {
+    let limits = DecodeLimits::default();
+    let t = Transform::IMAGENET;
+    let e = preprocess::preprocess_with(
+        &read(&fix("bad/truncated_progressive.jpg")),
+        &limits,
+        &t,
+        DctScaling::Always,
+    )
+    .unwrap_err();
+    assert_eq!(e.error_type(), "corrupt_image", "{e}");
+    // A progressive JPEG declaring 60000x60000 is refused from its header on the DC path too.
+    let mut b = read(&fix("dct/prog420.jpg"));
+    let sof = b.windows(2).position(|w| w == [0xFF, 0xC2]).unwrap();
+    b[sof + 5..sof + 9].copy_from_slice(&[0xEA, 0x60, 0xEA, 0x60]);
+    for s in [DctScaling::Auto, DctScaling::Always] {
+        let e = preprocess::preprocess_with(&b, &limits, &t, s).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::ImageTooLarge {
+                    width: 60_000,
+                    height: 60_000,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+    let e = preprocess::preprocess_with(
+        &read(&fix("dct/prog420.jpg")),
+        &DecodeLimits { max_pixels: 1000 },
+        &t,
+        DctScaling::Always,
+    )
+    .unwrap_err();
+    assert_eq!(e.error_type(), "image_too_large");
+}
+
+#[test]
+fn dct_scaling_handles_every_eligible_layout() {
+    // 4:2:0, 4:4:4, grayscale, restart markers: the DC path runs and stays close to the full decode.
+    for f in [
+        "prog420.jpg",
+        "prog444.jpg",
+        "prog_gray.jpg",
+        "prog420_rst.jpg",
+    ] {
+        let b = read(&fix(&format!("dct/{f}")));
+        let (p, _) = preprocess::preprocess_with(
+            &b,
+            &DecodeLimits::default(),
+            &Transform::IMAGENET,
+            DctScaling::Always,
+        )
+        .unwrap();
+        let (_, _, d) = diff(&p.crop, &crop_with(&b, DctScaling::Off));
+        eprintln!("{f}: DC path (8x upscaled here) vs full decode mean |Δ| normalised {d:.4}");
+        assert!(d < 0.2, "{f}: {d}");
+    }
+    // Restart markers change nothing in the decoded values.
+    let a = crop_with(&read(&fix("dct/prog420.jpg")), DctScaling::Always);
+    let b = crop_with(&read(&fix("dct/prog420_rst.jpg")), DctScaling::Always);
+    assert_eq!(a, b);
+}

@@ -6,6 +6,7 @@
 //! The README section "Preprocessing" documents the exact transform, limits and parity.
 
 mod decode;
+mod jpeg_dc;
 mod resample;
 
 use crate::{Error, Result};
@@ -134,6 +135,16 @@ pub(crate) fn resize_center_crop_raw(
         sx as usize..(sx + lx) as usize,
         sy as usize..(sy + ly) as usize,
     );
+    assemble_crop(&window, (dx, lx), (dy, ly), t)
+}
+
+/// Place the computed window (`lx`×`ly`) at (`dx`, `dy`) of a zero crop (torchvision's padding).
+fn assemble_crop(
+    window: &[u8],
+    (dx, lx): (u32, u32),
+    (dy, ly): (u32, u32),
+    t: &Transform,
+) -> Result<RgbImage> {
     let c = t.crop as usize;
     let mut out = vec![0u8; c * c * 3];
     let (lx, ly, dx, dy) = (lx as usize, ly as usize, dx as usize, dy as usize);
@@ -176,6 +187,156 @@ pub fn preprocess(bytes: &[u8], limits: &DecodeLimits, t: &Transform) -> Result<
     preprocess_timed(bytes, limits, t).map(|(p, _)| p)
 }
 
+/// DCT-domain downscaling of large progressive JPEGs (decode only the DC coefficients, i.e. the
+/// image at 1/8 scale, and resize from the 8×8 block means with PIL's output geometry).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub enum DctScaling {
+    /// Always decode at full resolution (reference path).
+    Off,
+    /// Use the DC path for progressive JPEGs whose shorter side is at least
+    /// [`DCT_MIN_SHRINK`] × `t.resize` (default).
+    #[default]
+    Auto,
+    /// Use the DC path for every eligible progressive JPEG, whatever its size (tests, measurements).
+    Always,
+}
+
+/// The DC path is used (in `Auto`) when the shorter side is at least this many times the resize
+/// target: each output pixel then averages at least 2×2 blocks of 8×8 (16 full-resolution pixels
+/// per output pixel along each axis), so block means lose little. A 12 MP photo (3000 px short
+/// side → 232) shrinks 12.9×, a 42 MP one 22.9×: both qualify; a 1000×750 photo (3.2×) does not.
+pub const DCT_MIN_SHRINK: f64 = 12.0;
+
+/// [`preprocess_timed`] with an explicit [`DctScaling`] choice.
+pub fn preprocess_with(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+    t: &Transform,
+    scaling: DctScaling,
+) -> Result<(Preprocessed, StageTimes)> {
+    let t0 = Instant::now();
+    if scaling != DctScaling::Off {
+        if let Some((crop, times)) = dc_path(bytes, limits, t, scaling, t0)? {
+            let t2 = Instant::now();
+            let chw = normalize(&crop, t);
+            let times = StageTimes {
+                normalize: t2.elapsed(),
+                ..times
+            };
+            return Ok((Preprocessed { crop, chw }, times));
+        }
+    }
+    let img = decode(bytes, limits)?;
+    let t1 = Instant::now();
+    let crop = resize_center_crop(&img, t)?;
+    let t2 = Instant::now();
+    let chw = normalize(&crop, t);
+    let t3 = Instant::now();
+    Ok((
+        Preprocessed { crop, chw },
+        StageTimes {
+            decode: t1 - t0,
+            resize_crop: t2 - t1,
+            normalize: t3 - t2,
+        },
+    ))
+}
+
+/// Cells (start, length) of the 8-pixel blocks along an axis of `full` pixels.
+fn block_cells(full: u32, n: usize) -> Vec<(u32, u32)> {
+    (0..n as u32)
+        .map(|j| (8 * j, 8.min(full - 8 * j)))
+        .collect()
+}
+
+fn reverse_cells(cells: &[(u32, u32)], full: u32) -> Vec<(u32, u32)> {
+    cells
+        .iter()
+        .rev()
+        .map(|&(s, l)| (full - s - l, l))
+        .collect()
+}
+
+/// The DC (1/8 scale) path; `Ok(None)` when not applicable (the caller decodes fully).
+fn dc_path(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+    t: &Transform,
+    scaling: DctScaling,
+    t0: Instant,
+) -> Result<Option<(RgbImage, StageTimes)>> {
+    use image::metadata::Orientation as O;
+    if !bytes.starts_with(&[0xFF, 0xD8]) {
+        return Ok(None);
+    }
+    let Some(frame) = jpeg_dc::probe(bytes) else {
+        return Ok(None);
+    };
+    decode::check_dims(frame.width, frame.height, limits)?;
+    let short = frame.width.min(frame.height);
+    if scaling == DctScaling::Auto && f64::from(short) < DCT_MIN_SHRINK * f64::from(t.resize) {
+        return Ok(None);
+    }
+    // Same refusals as the full decoder (truncation, scan count) before any work.
+    decode::check_jpeg(bytes)?;
+    let dc = match std::panic::catch_unwind(|| jpeg_dc::decode(bytes, &frame)) {
+        Ok(Some(dc)) => dc,
+        _ => return Ok(None),
+    };
+    let Some(small) = RgbImage::from_raw(dc.w as u32, dc.h as u32, dc.rgb) else {
+        return Ok(None);
+    };
+    let xs = block_cells(dc.full_w, dc.w);
+    let ys = block_cells(dc.full_h, dc.h);
+    let (fw, fh) = (dc.full_w, dc.full_h);
+    let (x_cells, y_cells, full_w, full_h) = match dc.orientation {
+        O::NoTransforms => (xs, ys, fw, fh),
+        O::FlipHorizontal => (reverse_cells(&xs, fw), ys, fw, fh),
+        O::FlipVertical => (xs, reverse_cells(&ys, fh), fw, fh),
+        O::Rotate180 => (reverse_cells(&xs, fw), reverse_cells(&ys, fh), fw, fh),
+        O::Rotate90 => (reverse_cells(&ys, fh), xs, fh, fw),
+        O::Rotate270 => (ys, reverse_cells(&xs, fw), fh, fw),
+        O::Rotate90FlipH => (ys, xs, fh, fw),
+        O::Rotate270FlipH => (reverse_cells(&ys, fh), reverse_cells(&xs, fw), fh, fw),
+    };
+    let mut oriented = image::DynamicImage::ImageRgb8(small);
+    oriented.apply_orientation(dc.orientation);
+    let small = oriented.into_rgb8();
+    let t1 = Instant::now();
+
+    let (rw, rh) = resized_size(full_w, full_h, t.resize);
+    if rw == 0 || rh == 0 {
+        return Ok(None);
+    }
+    let (sx, dx, lx) = crop_axis(rw, t.crop);
+    let (sy, dy, ly) = crop_axis(rh, t.crop);
+    let cols = sx as usize..(sx + lx) as usize;
+    let rows = sy as usize..(sy + ly) as usize;
+    let hc = resample::Coeffs::from_cells(&x_cells, full_w as usize, rw as usize, cols.clone());
+    let vc = resample::Coeffs::from_cells(&y_cells, full_h as usize, rh as usize, rows.clone());
+    let vfirst =
+        resample::vertical_first(full_w as usize, full_h as usize, rw as usize, rh as usize);
+    let window = resample::run_passes(
+        small.as_raw(),
+        small.width() as usize,
+        Some(hc),
+        Some(vc),
+        vfirst,
+        cols,
+        rows,
+    );
+    let crop = assemble_crop(&window, (dx, lx), (dy, ly), t)?;
+    let t2 = Instant::now();
+    Ok(Some((
+        crop,
+        StageTimes {
+            decode: t1 - t0,
+            resize_crop: t2 - t1,
+            normalize: Duration::ZERO,
+        },
+    )))
+}
+
 /// Wall-clock time of each preprocessing stage (for `imgclass bench --stage preprocess`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
 pub struct StageTimes {
@@ -199,21 +360,7 @@ pub fn preprocess_timed(
     limits: &DecodeLimits,
     t: &Transform,
 ) -> Result<(Preprocessed, StageTimes)> {
-    let t0 = Instant::now();
-    let img = decode(bytes, limits)?;
-    let t1 = Instant::now();
-    let crop = resize_center_crop(&img, t)?;
-    let t2 = Instant::now();
-    let chw = normalize(&crop, t);
-    let t3 = Instant::now();
-    Ok((
-        Preprocessed { crop, chw },
-        StageTimes {
-            decode: t1 - t0,
-            resize_crop: t2 - t1,
-            normalize: t3 - t2,
-        },
-    ))
+    preprocess_with(bytes, limits, t, DctScaling::Auto)
 }
 
 #[cfg(test)]

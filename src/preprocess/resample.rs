@@ -95,6 +95,63 @@ impl Coeffs {
         }
     }
 
+    /// Coefficients for an input made of `cells` (start, length) in full-resolution pixels, e.g.
+    /// the 8×8 blocks of a JPEG decoded at 1/8 scale, each cell holding the mean of its pixels.
+    /// The output geometry (centre, support) is Pillow's for `full_size → out_size`; each cell is
+    /// weighted by `len × triangle(cell centre)`: the midpoint rule for Pillow's per-pixel sum
+    /// (exact when the image is linear inside each cell).
+    pub(crate) fn from_cells(
+        cells: &[(u32, u32)],
+        full_size: usize,
+        out_size: usize,
+        out: Range<usize>,
+    ) -> Coeffs {
+        let scale = f64::from(full_size as f32) / out_size as f64;
+        let filterscale = if scale < 1.0 { 1.0 } else { scale };
+        let support = filterscale;
+        let min_cell = cells.iter().map(|c| c.1).min().unwrap_or(1).max(1) as f64;
+        let ksize = ((2.0 * support) / min_cell).ceil() as usize + 3;
+        let ss = 1.0 / filterscale;
+        let n = out.len();
+        let mut xmin_v = Vec::with_capacity(n);
+        let mut len_v = Vec::with_capacity(n);
+        let mut k = vec![0i32; n * ksize];
+        let mut w = vec![0f64; ksize];
+        for (i, xx) in out.enumerate() {
+            let center = (xx as f64 + 0.5) * scale;
+            let lo = cells.partition_point(|&(s, l)| f64::from(s + l) <= center - support);
+            let hi = cells.partition_point(|&(s, _)| f64::from(s) < center + support);
+            let hi = hi.max(lo + 1).min(cells.len()).min(lo + ksize);
+            let lo = lo.min(hi.saturating_sub(1));
+            let count = hi - lo;
+            let mut ww = 0.0;
+            for (j, wj) in w.iter_mut().enumerate().take(count) {
+                let (s, l) = cells[lo + j];
+                let c = f64::from(s) + f64::from(l) / 2.0;
+                let v = f64::from(l) * bilinear_filter((c - center) * ss);
+                *wj = v;
+                ww += v;
+            }
+            let row = &mut k[i * ksize..(i + 1) * ksize];
+            for x in 0..count {
+                let v = if ww != 0.0 {
+                    w[x] / ww
+                } else {
+                    1.0 / count as f64
+                };
+                row[x] = (0.5 + v * f64::from(1u32 << PRECISION_BITS)) as i32;
+            }
+            xmin_v.push(lo);
+            len_v.push(count);
+        }
+        Coeffs {
+            xmin: xmin_v,
+            len: len_v,
+            ksize,
+            k,
+        }
+    }
+
     /// Input index range that the output range reads.
     pub(crate) fn input_span(&self) -> Range<usize> {
         let lo = self.xmin.iter().copied().min().unwrap_or(0);
@@ -142,10 +199,33 @@ pub(crate) fn resize_window(
     }
     let hc = (out_w != w).then(|| Coeffs::new(w, out_w, cols.clone()));
     let vc = (out_h != h).then(|| Coeffs::new(h, out_h, rows.clone()));
+    run_passes(
+        src,
+        w,
+        hc,
+        vc,
+        vertical_first(w, h, out_w, out_h),
+        cols,
+        rows,
+    )
+}
+
+/// Run the two passes with prepared coefficients (`None`: that axis is copied unchanged).
+pub(crate) fn run_passes(
+    src: &[u8],
+    w: usize,
+    hc: Option<Coeffs>,
+    vc: Option<Coeffs>,
+    vertical_first: bool,
+    cols: Range<usize>,
+    rows: Range<usize>,
+) -> Vec<u8> {
+    let cw = cols.len();
+    let ch = rows.len();
     let in_cols = hc.as_ref().map_or(cols.clone(), Coeffs::input_span);
     let in_rows = vc.as_ref().map_or(rows.clone(), Coeffs::input_span);
 
-    if vertical_first(w, h, out_w, out_h) {
+    if vertical_first {
         // Vertical pass over the input columns the horizontal pass reads, then horizontal.
         let mid_w = in_cols.len();
         let mid = match &vc {
