@@ -591,6 +591,21 @@ fn lite_http_contract_every_status_code() {
     assert_error(&r, 413, "payload_too_large");
     let r = chunked_post(a, "/classify", "image/jpeg", &big);
     assert_error(&r, 413, "payload_too_large");
+    // a client that waits for `100 Continue` gets the 413 before sending anything
+    let mut c = TcpStream::connect(a).unwrap();
+    c.write_all(
+        format!(
+            "POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n\
+             Content-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+            big.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut raw413 = Vec::new();
+    c.read_to_end(&mut raw413).unwrap();
+    let r = parse_response(&raw413).unwrap();
+    assert_error(&r, 413, "payload_too_large");
     // chunked bodies under the limit are fine
     assert_eq!(chunked_post(a, "/classify", "image/jpeg", &img).json(), raw);
 

@@ -12,7 +12,7 @@ use crate::Error;
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, EXPECT};
 use hyper::Request;
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,17 +89,29 @@ fn body_kind(content_type: Option<&str>) -> Result<BodyKind, ApiError> {
     }
 }
 
+/// What the request head says about its body.
+#[derive(Clone, Copy, Debug)]
+struct BodyHead {
+    content_length: Option<u64>,
+    expect_continue: bool,
+}
+
 /// Read the whole body, refusing it (413) as soon as it grows over `limit`: never more than
 /// `limit` bytes are held.
 async fn read_body(
     body: Incoming,
-    content_length: Option<u64>,
+    head: BodyHead,
     limit: u64,
     deadline: Instant,
 ) -> Result<Bytes, ApiError> {
     let mut body = body;
+    let content_length = head.content_length;
     if content_length.is_some_and(|n| n > limit) {
-        drain(body, deadline).await;
+        // A client waiting for `100 Continue` has sent nothing yet: answer at once (hyper sends
+        // no 100 for a body never read). Others are sending already: discard so they can read it.
+        if !head.expect_continue {
+            drain(body, deadline).await;
+        }
         return Err(ApiError::PayloadTooLarge { limit });
     }
     let initial = content_length.unwrap_or(64 * 1024).min(limit) as usize;
@@ -214,20 +226,27 @@ pub async fn handle(
     let engines = state.check_ready()?;
     let s = &state.settings;
     let deadline = started + s.request_timeout;
-    let content_length = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let head = BodyHead {
+        content_length: req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok()),
+        expect_continue: req
+            .headers()
+            .get(EXPECT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("100-continue")),
+    };
 
     match s.fault {
         Fault::None => {}
         Fault::Error => {
-            let _ = read_body(req.into_body(), content_length, s.max_body_bytes, deadline).await;
+            let _ = read_body(req.into_body(), head, s.max_body_bytes, deadline).await;
             return Err(ApiError::FaultInjected);
         }
         Fault::Stall => {
-            let _ = read_body(req.into_body(), content_length, s.max_body_bytes, deadline).await;
+            let _ = read_body(req.into_body(), head, s.max_body_bytes, deadline).await;
             tracing::warn!("fault injection: stalling this request forever (--fault stall)");
             return std::future::pending().await;
         }
@@ -241,7 +260,7 @@ pub async fn handle(
     )?;
 
     let _slot = state.admission.admit(deadline).await?;
-    let body = read_body(req.into_body(), content_length, s.max_body_bytes, deadline).await?;
+    let body = read_body(req.into_body(), head, s.max_body_bytes, deadline).await?;
     let image = match kind {
         BodyKind::Raw => body,
         BodyKind::Multipart(boundary) => multipart_file(body, boundary).await?,
