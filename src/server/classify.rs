@@ -287,7 +287,7 @@ pub async fn handle(
         // lite: one model, no fallback
         return match timeout_at(deadline, primary.infer(chw, k, deadline.into_std())).await {
             Ok(Ok(p)) => Ok(answer(primary.kind(), None, p)),
-            Ok(Err(e)) => Err(engine_error(e)),
+            Ok(Err(e)) => Err(engine_error(e, primary.kind())),
             Err(_) => Err(ApiError::Timeout),
         };
     };
@@ -315,17 +315,17 @@ pub async fn handle(
             primary: primary_error.unwrap_or_else(|| "missed its deadline".into()),
             fallback: e.to_string(),
         }),
-        Ok(Err(e)) => Err(engine_error(e)),
+        Ok(Err(e)) => Err(engine_error(e, fallback.kind())),
         Err(_) => Err(ApiError::Timeout),
     }
 }
 
-fn engine_error(e: EngineError) -> ApiError {
+fn engine_error(e: EngineError, model: ModelKind) -> ApiError {
     match e {
         EngineError::Failed(e) => ApiError::Core(e),
         EngineError::Deadline => ApiError::Timeout,
         EngineError::QueueFull => ApiError::Overloaded,
-        EngineError::Stopped => ApiError::ShuttingDown,
+        EngineError::Stopped => ApiError::EngineStopped(model.name()),
     }
 }
 

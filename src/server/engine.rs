@@ -13,6 +13,7 @@ use crate::preprocess::Transform;
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -68,6 +69,16 @@ pub struct Engine {
     kind: ModelKind,
     tx: SyncSender<Job>,
     metrics: Metrics,
+    alive: Arc<AtomicBool>,
+}
+
+/// Clears the engine's `alive` flag when its thread ends, however it ends (panics included).
+struct AliveGuard(Arc<AtomicBool>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 /// Length of one preprocessed image (CHW f32).
@@ -88,15 +99,33 @@ impl Engine {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(cfg.queue_capacity.max(1));
         let (warm_tx, warm_rx) = oneshot::channel();
         let m = metrics.clone();
+        let alive = Arc::new(AtomicBool::new(true));
+        let guard = AliveGuard(alive.clone());
         std::thread::Builder::new()
             .name(format!("engine-{}", kind.name()))
-            .spawn(move || engine_thread(model, cfg, rx, m, warm_tx))
+            .spawn(move || {
+                let _guard = guard;
+                engine_thread(model, cfg, rx, m, warm_tx)
+            })
             .map_err(|e| Error::Internal(format!("cannot start the engine thread: {e}")))?;
-        Ok((Engine { kind, tx, metrics }, warm_rx))
+        Ok((
+            Engine {
+                kind,
+                tx,
+                metrics,
+                alive,
+            },
+            warm_rx,
+        ))
     }
 
     pub fn kind(&self) -> ModelKind {
         self.kind
+    }
+
+    /// False once the engine thread has ended (it only ends on shutdown, or by a bug).
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst)
     }
 
     /// Queue one preprocessed image and wait for its top-`k` predictions.
@@ -472,6 +501,13 @@ mod tests {
         let p = engine.infer(input(1), 3, far).await.unwrap();
         assert_eq!(p.len(), 3);
         assert_eq!(batches.get_sample_count(), 1);
+        // the thread ends when every handle is gone, and says so
+        assert!(engine.is_alive());
+        let alive = engine.alive.clone();
+        drop(engine);
+        while alive.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     #[tokio::test]

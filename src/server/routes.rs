@@ -224,9 +224,10 @@ async fn dispatch(state: Arc<AppState>, req: Request<Incoming>, started: Instant
                 Err(e) => Out::error(e),
             }
         }
-        (&Method::GET, "/healthz") => {
-            Out::json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
-        }
+        (&Method::GET, "/healthz") => match state.check_alive() {
+            Ok(()) => Out::json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+            Err(e) => Out::error(e),
+        },
         (&Method::GET, "/readyz") => match state.check_ready() {
             Ok(_) => Out::json(StatusCode::OK, &serde_json::json!({"status": "ready"})),
             Err(e) => Out::error(e),

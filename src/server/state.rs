@@ -64,6 +64,18 @@ impl AppState {
         self.shutting_down.load(Ordering::SeqCst)
     }
 
+    /// Liveness (`/healthz`): every started engine thread is still running.
+    pub fn check_alive(&self) -> Result<(), ApiError> {
+        if let Some(e) = self.engines.get() {
+            for engine in std::iter::once(&e.primary).chain(e.fallback.as_ref()) {
+                if !engine.is_alive() && !self.is_shutting_down() {
+                    return Err(ApiError::EngineStopped(engine.kind().name()));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Ok when classify requests may be served (this is `/readyz`).
     pub fn check_ready(&self) -> Result<&Engines, ApiError> {
         if self.is_shutting_down() {
@@ -72,6 +84,7 @@ impl AppState {
         if !self.ready.load(Ordering::SeqCst) {
             return Err(ApiError::NotReady);
         }
+        self.check_alive()?;
         self.engines.get().ok_or(ApiError::NotReady)
     }
 }

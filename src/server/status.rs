@@ -35,6 +35,8 @@ pub enum ApiError {
     Timeout,
     /// `--fault error`.
     FaultInjected,
+    /// An inference engine thread is gone (a bug): the pod must be restarted.
+    EngineStopped(&'static str),
     /// Both models of the full profile failed.
     BothModelsFailed { primary: String, fallback: String },
 }
@@ -70,9 +72,9 @@ impl ApiError {
             | ApiError::ShuttingDown
             | ApiError::Overloaded
             | ApiError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::FaultInjected | ApiError::BothModelsFailed { .. } => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            ApiError::FaultInjected
+            | ApiError::BothModelsFailed { .. }
+            | ApiError::EngineStopped(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -90,6 +92,7 @@ impl ApiError {
             ApiError::Overloaded => "overloaded",
             ApiError::Timeout => "timeout",
             ApiError::FaultInjected => "fault_injected",
+            ApiError::EngineStopped(_) => "engine_stopped",
             ApiError::BothModelsFailed { .. } => "inference_failed",
         }
     }
@@ -113,6 +116,9 @@ impl ApiError {
             ApiError::Overloaded => "overloaded: too many requests queued, retry later".into(),
             ApiError::Timeout => "the request could not be answered within the request timeout".into(),
             ApiError::FaultInjected => "fault injected (--fault error): this pod acts broken".into(),
+            ApiError::EngineStopped(model) => {
+                format!("the inference engine of {model} has stopped; this process needs a restart")
+            }
             ApiError::BothModelsFailed { primary, fallback } => {
                 format!("both models failed: primary: {primary}; fallback: {fallback}")
             }
