@@ -154,6 +154,19 @@ pub(crate) fn matmul(m: usize, n: usize, k: usize, lhs: &[f32], rhs: &[f32], dst
     } else {
         Parallelism::None
     };
+    gemm_call(m, n, k, lhs, rhs, dst, par);
+}
+
+fn gemm_call(
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: &[f32],
+    rhs: &[f32],
+    dst: &mut [f32],
+    par: Parallelism,
+) {
+    assert!(lhs.len() >= m * k && rhs.len() >= k * n && dst.len() >= m * n);
     // SAFETY: the three buffers are in bounds for the given sizes and strides (asserted above),
     // `dst` is exclusively borrowed and does not alias `lhs` or `rhs`; `read_dst == false`, so
     // the previous content of `dst` is never read.

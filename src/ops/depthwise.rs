@@ -35,6 +35,11 @@ struct Plan {
     hp: usize,
     /// Columns of each phase plane.
     wq: usize,
+    /// Output rows rounded up to [`ROWS`], columns rounded up to the block width.
+    ohr: usize,
+    owr: usize,
+    /// Scratch offset of each tap `kh * K + kw` relative to the top-left of an output block.
+    taps: Vec<usize>,
 }
 
 impl Plan {
@@ -45,7 +50,16 @@ impl Plan {
         let owr = g.ow.div_ceil(lanes) * lanes;
         let hp = (ohr * s + g.k).max(g.h + 2 * g.pad);
         let wq = (owr + (g.k - 1) / s).max((g.w + 2 * g.pad).div_ceil(s));
+        let taps = (0..g.k * g.k)
+            .map(|t| {
+                let (kh, kw) = (t / g.k, t % g.k);
+                (kw % s) * hp * wq + kh * wq + kw / s
+            })
+            .collect();
         Plan {
+            ohr,
+            owr,
+            taps,
             k: g.k,
             s,
             pad: g.pad,
@@ -144,7 +158,7 @@ fn plane_impl<const FMA: bool, const L: usize>(
         let row = &x[iy * p.w..][..p.w];
         let base = (iy + p.pad) * p.wq;
         if p.s == 1 {
-            scratch[base + p.pad..][..p.w].copy_from_slice(row);
+            copy_row(&mut scratch[base + p.pad..][..p.w], row);
         } else if p.s == 2 {
             // Input column 2i goes to phase pad % 2, column 2i+1 to the other phase (vectorised
             // deinterleave: no per-element index arithmetic).
@@ -182,37 +196,133 @@ fn plane_impl<const FMA: bool, const L: usize>(
         }
     }
     let scratch = &*scratch;
+    let row_step = p.s * p.wq;
+    let max_tap = p.taps.iter().copied().max().unwrap_or(0);
+    // Every load below is at most this far into `scratch` (the plan sizes it so): one check here
+    // instead of one per load.
+    let last = (p.ohr - ROWS) * row_step + (p.owr - L) + (ROWS - 1) * row_step + max_tap + L;
+    assert!(last <= scratch.len() && w.len() == p.taps.len());
+    assert!(p.ohr % ROWS == 0 && p.owr % L == 0 && p.ohr >= p.oh && p.owr >= p.ow);
+    let sp = scratch.as_ptr();
     for oy0 in (0..p.oh).step_by(ROWS) {
         let nrows = ROWS.min(p.oh - oy0);
         for j0 in (0..p.ow).step_by(L) {
-            let mut acc = [[b; L]; ROWS];
-            for kh in 0..p.k {
-                for kw in 0..p.k {
-                    let wv = w[kh * p.k + kw];
-                    let base = (kw % p.s) * phase_len + j0 + kw / p.s;
-                    for (rr, a) in acc.iter_mut().enumerate() {
-                        let src = &scratch[base + ((oy0 + rr) * p.s + kh) * p.wq..][..L];
-                        for i in 0..L {
-                            a[i] = fmadd::<FMA>(src[i], wv, a[i]);
-                        }
-                    }
+            let b0 = oy0 * row_step + j0;
+            // Four named accumulators (not an array indexed in a loop) so they stay in registers.
+            let (mut a0, mut a1, mut a2, mut a3) = ([b; L], [b; L], [b; L], [b; L]);
+            for (&off, &wv) in p.taps.iter().zip(w) {
+                // SAFETY: oy0 + 3 < ohr and j0 + L <= owr, so the L floats read from each row end
+                // at or before `last` <= scratch.len() (asserted above).
+                unsafe {
+                    let s0 = sp.add(b0 + off);
+                    fma_row::<FMA, L>(&mut a0, s0, wv);
+                    fma_row::<FMA, L>(&mut a1, s0.add(row_step), wv);
+                    fma_row::<FMA, L>(&mut a2, s0.add(2 * row_step), wv);
+                    fma_row::<FMA, L>(&mut a3, s0.add(3 * row_step), wv);
                 }
             }
+            let acc = [a0, a1, a2, a3];
             let ncol = L.min(p.ow - j0);
-            for (rr, a) in acc.iter().enumerate().take(nrows) {
-                let at = (oy0 + rr) * p.ow + j0;
-                let dst = &mut out[at..][..ncol];
-                match r {
-                    Some(r) => {
-                        for ((d, v), rv) in dst.iter_mut().zip(a).zip(&r[at..][..ncol]) {
-                            *d = activate(*v + *rv, act);
-                        }
+            let rows = &acc[..nrows];
+            let at = oy0 * p.ow + j0;
+            match act {
+                Activation::None => store(out, r, rows, at, p.ow, ncol, |v| v),
+                Activation::Relu => store(out, r, rows, at, p.ow, ncol, |v| v.max(0.0)),
+                Activation::Hardswish => store(out, r, rows, at, p.ow, ncol, |v| {
+                    activate(v, Activation::Hardswish)
+                }),
+            }
+        }
+    }
+}
+
+/// `dst.copy_from_slice(src)` for short rows without a `memcpy` call: fixed-size vector copies,
+/// the last one overlapping the previous (rows here are 7..=112 floats).
+#[inline(always)]
+fn copy_row(dst: &mut [f32], src: &[f32]) {
+    #[inline(always)]
+    fn chunked<const N: usize>(dst: &mut [f32], src: &[f32]) {
+        let n = src.len();
+        let mut i = 0;
+        while i + N <= n {
+            let d: &mut [f32; N] = (&mut dst[i..i + N])
+                .try_into()
+                .unwrap_or_else(|_| unreachable!());
+            let s: &[f32; N] = (&src[i..i + N])
+                .try_into()
+                .unwrap_or_else(|_| unreachable!());
+            *d = *s;
+            i += N;
+        }
+        if i < n {
+            let d: &mut [f32; N] = (&mut dst[n - N..n])
+                .try_into()
+                .unwrap_or_else(|_| unreachable!());
+            let s: &[f32; N] = (&src[n - N..n])
+                .try_into()
+                .unwrap_or_else(|_| unreachable!());
+            *d = *s;
+        }
+    }
+    let n = src.len();
+    let dst = &mut dst[..n];
+    if n >= 16 {
+        chunked::<16>(dst, src);
+    } else if n >= 8 {
+        chunked::<8>(dst, src);
+    } else if n >= 4 {
+        chunked::<4>(dst, src);
+    } else {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = *s;
+        }
+    }
+}
+
+/// `acc[i] += src[i] * w` for `i < L`.
+///
+/// # Safety
+/// `src` must be valid for reading `L` floats.
+#[inline(always)]
+unsafe fn fma_row<const FMA: bool, const L: usize>(acc: &mut [f32; L], src: *const f32, w: f32) {
+    for (i, a) in acc.iter_mut().enumerate() {
+        *a = fmadd::<FMA>(*src.add(i), w, *a);
+    }
+}
+
+/// Epilogue of one register block: `out[at + rr*ow + i] = f(acc[rr][i] [+ r[...]])` for the first
+/// `ncol` columns (the activation is a closure so each variant compiles to its own vector loop).
+#[inline(always)]
+fn store<const L: usize>(
+    out: &mut [f32],
+    r: Option<&[f32]>,
+    rows: &[[f32; L]],
+    at: usize,
+    ow: usize,
+    ncol: usize,
+    f: impl Fn(f32) -> f32,
+) {
+    for (rr, a) in rows.iter().enumerate() {
+        let o = at + rr * ow;
+        let dst = &mut out[o..][..ncol];
+        match r {
+            Some(r) => {
+                for ((d, v), rv) in dst.iter_mut().zip(a).zip(&r[o..][..ncol]) {
+                    *d = f(*v + *rv);
+                }
+            }
+            None => {
+                if ncol == L {
+                    let dst: &mut [f32; L] = dst.try_into().unwrap_or_else(|_| unreachable!());
+                    for i in 0..L {
+                        dst[i] = f(a[i]);
                     }
-                    None => {
-                        for (d, v) in dst.iter_mut().zip(a) {
-                            *d = activate(*v, act);
-                        }
+                } else {
+                    let mut tmp = [0f32; L];
+                    for i in 0..L {
+                        tmp[i] = f(a[i]);
                     }
+                    dst.copy_from_slice(&tmp[..ncol]);
                 }
             }
         }
