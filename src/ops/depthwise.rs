@@ -24,7 +24,6 @@ const ROWS: usize = 4;
 
 /// Scratch geometry of one plane.
 struct Plan {
-    k: usize,
     s: usize,
     pad: usize,
     h: usize,
@@ -60,7 +59,6 @@ impl Plan {
             ohr,
             owr,
             taps,
-            k: g.k,
             s,
             pad: g.pad,
             h: g.h,
@@ -202,7 +200,8 @@ fn plane_impl<const FMA: bool, const L: usize>(
     // instead of one per load.
     let last = (p.ohr - ROWS) * row_step + (p.owr - L) + (ROWS - 1) * row_step + max_tap + L;
     assert!(last <= scratch.len() && w.len() == p.taps.len());
-    assert!(p.ohr % ROWS == 0 && p.owr % L == 0 && p.ohr >= p.oh && p.owr >= p.ow);
+    assert!(p.ohr.is_multiple_of(ROWS) && p.owr.is_multiple_of(L));
+    assert!(p.ohr >= p.oh && p.owr >= p.ow);
     let sp = scratch.as_ptr();
     for oy0 in (0..p.oh).step_by(ROWS) {
         let nrows = ROWS.min(p.oh - oy0);
