@@ -271,8 +271,8 @@ fn engine_thread(
 }
 
 /// Whether batching pays off for this model on this machine, learned from the forward passes
-/// themselves: per-image time at batch size 1 vs batched (moving averages). When batching is slower
-/// per image (e.g. a compute-bound model whose kernels lose cache locality on large batches), the
+/// themselves: per-image time at batch size 1 vs batched (moving averages). When batching is not
+/// clearly faster per image (e.g. a compute-bound model whose kernels lose cache locality on large batches), the
 /// engine runs queued requests one by one, which also gives the first of them its answer sooner;
 /// every `PROBE_EVERY` passes it tries a batch again to notice when that changes.
 struct BatchPolicy {
@@ -285,6 +285,9 @@ struct BatchPolicy {
 }
 
 const PROBE_EVERY: u32 = 50;
+/// Batching must save at least 10% per image: every image of a batch waits for the whole batch,
+/// so a draw is a loss in latency (and noise would flip the decision back and forth).
+const BATCH_GAIN: f64 = 0.9;
 const EMA: f64 = 0.3;
 
 impl BatchPolicy {
@@ -299,7 +302,7 @@ impl BatchPolicy {
 
     fn batching(&self) -> bool {
         match (self.single, self.batched) {
-            (Some(s), Some(b)) => b <= s,
+            (Some(s), Some(b)) => b <= s * BATCH_GAIN,
             _ => true,
         }
     }
@@ -398,6 +401,10 @@ mod tests {
         }
         assert!(p.batching());
         assert_eq!(p.limit(), 8);
+        // a draw is not worth the latency
+        let mut d = BatchPolicy::new(8);
+        d.observe(1, 0.170);
+        assert_eq!(d.observe(4, 4.0 * 0.165), Some(false));
         // a model that batches well keeps batching
         let mut m = BatchPolicy::new(8);
         m.observe(1, 0.025);
