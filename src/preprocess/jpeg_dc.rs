@@ -38,9 +38,11 @@ struct Comp {
     real_bh: usize,
 }
 
-/// The image at 1/8 scale: RGB8 of `ceil(W/8)`×`ceil(H/8)` block means, before orientation.
+/// The image at reduced scale, before orientation: RGB8 of `ceil(W/cell)`×`ceil(H/cell)` cell
+/// means, `cell` = 8 (DC only) or 4 (DC + lowest AC coefficients: 2×2 quadrants per block).
 pub(crate) struct DcImage {
     pub rgb: Vec<u8>,
+    pub cell: u32,
     pub w: usize,
     pub h: usize,
     pub full_w: u32,
@@ -209,6 +211,29 @@ impl<'a> Bits<'a> {
 
     #[inline]
     fn fill(&mut self) {
+        // Fast path: the next 8 bytes hold no 0xFF (no stuffing, no marker): take whole bytes.
+        if !self.marker && self.nbits <= 56 {
+            if let Some(b8) = self.data.get(self.pos..self.pos + 8) {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(b8);
+                let chunk = u64::from_be_bytes(a);
+                let x = !chunk;
+                let has_ff = x.wrapping_sub(0x0101_0101_0101_0101) & !x & 0x8080_8080_8080_8080;
+                if has_ff == 0 {
+                    let nb = (64 - self.nbits) / 8;
+                    let v = if nb >= 8 {
+                        chunk
+                    } else {
+                        chunk >> (64 - 8 * nb)
+                    };
+                    let shift = 64 - self.nbits - 8 * nb;
+                    self.acc |= if shift >= 64 { 0 } else { v << shift };
+                    self.pos += nb as usize;
+                    self.nbits += 8 * nb;
+                    return;
+                }
+            }
+        }
         while self.nbits <= 56 {
             let mut byte = 0u8;
             if !self.marker {
@@ -326,10 +351,21 @@ fn next_marker(b: &[u8], mut j: usize) -> Option<usize> {
 
 /// Decode the DC coefficients of a progressive JPEG at 1/8 scale. `None` when the file is not
 /// eligible or anything is off (the caller then uses the full decoder).
-pub(crate) fn decode(b: &[u8], frame: &Frame) -> Option<DcImage> {
-    let mut q0 = [0i32; 4];
+pub(crate) fn decode(b: &[u8], frame: &Frame, quadrants: bool) -> Option<DcImage> {
+    // Quantisation values of zigzag coefficients 0, 1, 2, 4 (DC, u=1, v=1, u=v=1).
+    let mut q0 = [[0i32; 4]; 4];
     let mut q_seen = [false; 4];
     let mut dc_tables: [Option<Huff>; 4] = [None, None, None, None];
+    let mut ac_tables: [Option<Huff>; 4] = [None, None, None, None];
+    let mut lf: Vec<Vec<[i32; 3]>> = if quadrants {
+        frame
+            .comps
+            .iter()
+            .map(|c| vec![[0i32; 3]; c.bw * c.bh])
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut restart_interval = 0usize;
     let mut adobe_transform: Option<u8> = None;
     let mut exif: Option<&[u8]> = None;
@@ -338,7 +374,7 @@ pub(crate) fn decode(b: &[u8], frame: &Frame) -> Option<DcImage> {
         .iter()
         .map(|c| vec![0i32; c.bw * c.bh])
         .collect();
-    let mut latched: Vec<Option<i32>> = vec![None; frame.comps.len()];
+    let mut latched: Vec<Option<[i32; 4]>> = vec![None; frame.comps.len()];
     let mut dc_scans = 0usize;
 
     let mut i = 2;
@@ -369,12 +405,14 @@ pub(crate) fn decode(b: &[u8], frame: &Frame) -> Option<DcImage> {
                     if tq > 3 {
                         return None;
                     }
-                    let q = if pq == 0 {
-                        i32::from(*seg.get(p + 1)?)
-                    } else {
-                        be16(seg, p + 1)? as i32
+                    let at = |z: usize| -> Option<i32> {
+                        Some(if pq == 0 {
+                            i32::from(*seg.get(p + 1 + z)?)
+                        } else {
+                            be16(seg, p + 1 + 2 * z)? as i32
+                        })
                     };
-                    q0[tq] = q;
+                    q0[tq] = [at(0)?, at(1)?, at(2)?, at(4)?];
                     q_seen[tq] = true;
                     p += 1 + if pq == 0 { 64 } else { 128 };
                 }
@@ -392,6 +430,8 @@ pub(crate) fn decode(b: &[u8], frame: &Frame) -> Option<DcImage> {
                     }
                     if tc == 0 {
                         dc_tables[th] = Some(Huff::new(counts, vals)?);
+                    } else if quadrants {
+                        ac_tables[th] = Some(Huff::new(counts, vals)?);
                     }
                     p += 17 + total;
                 }
@@ -402,13 +442,16 @@ pub(crate) fn decode(b: &[u8], frame: &Frame) -> Option<DcImage> {
             0xDA => {
                 let ns = usize::from(*seg.first()?);
                 let mut scomps = Vec::with_capacity(ns);
+                let mut ta = 0usize;
                 for k in 0..ns {
                     let id = *seg.get(1 + 2 * k)?;
                     let td = usize::from(*seg.get(2 + 2 * k)? >> 4);
+                    ta = usize::from(*seg.get(2 + 2 * k)? & 15).min(3);
                     let ci = frame.comps.iter().position(|c| c.id == id)?;
                     scomps.push((ci, td.min(3)));
                 }
                 let ss = *seg.get(1 + 2 * ns)?;
+                let se = *seg.get(2 + 2 * ns)?;
                 let ahl = *seg.get(3 + 2 * ns)?;
                 let (ah, al) = (u32::from(ahl >> 4), u32::from(ahl & 15));
                 if ss == 0 {
@@ -437,6 +480,22 @@ pub(crate) fn decode(b: &[u8], frame: &Frame) -> Option<DcImage> {
                     )?;
                     dc_scans += 1;
                     i = next_marker(b, bits.pos)?;
+                } else if quadrants && ah == 0 && ss <= 4 && se >= ss && se <= 63 && ns == 1 {
+                    // First AC scan holding the lowest frequencies: decode, keep zigzag 1, 2, 4.
+                    let (ci, _) = scomps[0];
+                    let table = ac_tables[ta].as_ref()?;
+                    let mut bits = Bits::new(b, end);
+                    ac_first_scan(
+                        &mut bits,
+                        &frame.comps[ci],
+                        table,
+                        &mut lf[ci],
+                        restart_interval,
+                        ss,
+                        se,
+                        al,
+                    )?;
+                    i = next_marker(b, bits.pos)?;
                 } else {
                     i = next_marker(b, end)?;
                 }
@@ -449,14 +508,16 @@ pub(crate) fn decode(b: &[u8], frame: &Frame) -> Option<DcImage> {
     if dc_scans == 0 || latched.iter().any(Option::is_none) {
         return None;
     }
-    let rgb = to_rgb(frame, &coefs, &latched, adobe_transform)?;
+    let cell = if quadrants { 4 } else { 8 };
+    let rgb = to_rgb(frame, &coefs, &lf, &latched, adobe_transform, cell)?;
     let orientation = exif
         .and_then(Orientation::from_exif_chunk)
         .unwrap_or(Orientation::NoTransforms);
     Some(DcImage {
         rgb,
-        w: (frame.width as usize).div_ceil(8),
-        h: (frame.height as usize).div_ceil(8),
+        cell: cell as u32,
+        w: (frame.width as usize).div_ceil(cell),
+        h: (frame.height as usize).div_ceil(cell),
         full_w: frame.width,
         full_h: frame.height,
         orientation,
@@ -532,7 +593,70 @@ fn dc_scan(
     Some(())
 }
 
-/// DC → sample value, as libjpeg's 1×1 IDCT: `clamp(((dc·q + 4) >> 3) + 128)`.
+/// A progressive first AC scan (`Ah = 0`) of one component; keeps zigzag coefficients 1, 2, 4
+/// (in units of the quantiser, low `al` bits unknown: refinement scans are not read).
+#[allow(clippy::too_many_arguments)]
+fn ac_first_scan(
+    bits: &mut Bits,
+    comp: &Comp,
+    table: &Huff,
+    lf: &mut [[i32; 3]],
+    restart_interval: usize,
+    ss: u8,
+    se: u8,
+    al: u32,
+) -> Option<()> {
+    let (ss, se) = (usize::from(ss), usize::from(se));
+    let mut eobrun = 0u32;
+    let mut mcu = 0usize;
+    for by in 0..comp.real_bh {
+        for bx in 0..comp.real_bw {
+            if restart_interval > 0 && mcu > 0 && mcu.is_multiple_of(restart_interval) {
+                bits.restart()?;
+                eobrun = 0;
+            }
+            mcu += 1;
+            if eobrun > 0 {
+                eobrun -= 1;
+                continue;
+            }
+            let slot = lf.get_mut(by * comp.bw + bx)?;
+            let mut k = ss;
+            while k <= se {
+                let rs = bits.decode(table)?;
+                let (r, s) = (usize::from(rs >> 4), u32::from(rs & 15));
+                if s != 0 {
+                    k += r;
+                    if k > se {
+                        return None;
+                    }
+                    let v = extend(bits.bits(s), s);
+                    // Unknown low bits: take the middle of the interval the value lies in.
+                    let mag = (v.unsigned_abs() << al) + ((1u32 << al) >> 1);
+                    let v = if v < 0 { -(mag as i32) } else { mag as i32 };
+                    match k {
+                        1 => slot[0] = v,
+                        2 => slot[1] = v,
+                        4 => slot[2] = v,
+                        _ => {}
+                    }
+                    k += 1;
+                } else if r < 15 {
+                    eobrun = (1u32 << r) - 1;
+                    if r > 0 {
+                        eobrun += bits.bits(r as u32);
+                    }
+                    break;
+                } else {
+                    k += 16;
+                }
+            }
+        }
+    }
+    Some(())
+}
+
+/// DC → sample value, as libjpeg's 1×1 IDCT/// DC → sample value, as libjpeg's 1×1 IDCT: `clamp(((dc·q + 4) >> 3) + 128)`.
 #[inline]
 fn dc_value(dc: i32, q: i32) -> u8 {
     ((dc.wrapping_mul(q).wrapping_add(4) >> 3) + 128).clamp(0, 255) as u8
@@ -540,14 +664,54 @@ fn dc_value(dc: i32, q: i32) -> u8 {
 
 /// One component's plane on the luma block grid (`ow`×`oh`), upsampled ×2 where subsampled with
 /// libjpeg-style "fancy" (triangle) weights 3/4, 1/4.
-fn plane(frame: &Frame, comp: &Comp, coefs: &[i32], q: i32, ow: usize, oh: usize) -> Vec<u8> {
+#[allow(clippy::too_many_arguments)]
+fn plane(
+    frame: &Frame,
+    comp: &Comp,
+    coefs: &[i32],
+    lf: Option<&[[i32; 3]]>,
+    q: [i32; 4],
+    ow: usize,
+    oh: usize,
+    cell: usize,
+) -> Vec<u8> {
     let fx = frame.hmax / comp.h;
     let fy = frame.vmax / comp.v;
-    let (pw, ph) = (comp.real_bw.max(1), comp.real_bh.max(1));
+    // Component samples, then cells of `cell` samples.
+    let cw = (frame.width as usize * comp.h).div_ceil(frame.hmax);
+    let chh = (frame.height as usize * comp.v).div_ceil(frame.vmax);
+    let (pw, ph) = (cw.div_ceil(cell).max(1), chh.div_ceil(cell).max(1));
     let mut p = vec![0u8; pw * ph];
-    for y in 0..ph {
-        for x in 0..pw {
-            p[y * pw + x] = dc_value(coefs[y * comp.bw + x], q);
+    match lf {
+        None => {
+            for y in 0..ph {
+                for x in 0..pw {
+                    p[y * pw + x] = dc_value(coefs[y * comp.bw + x], q[0]);
+                }
+            }
+        }
+        Some(lf) => {
+            // Mean of each 4×4 quadrant of the block: the DC term plus the (u, v) ∈ {0, 1}² terms
+            // of the inverse DCT averaged over the quadrant (higher odd terms are not decoded).
+            let a1 = (0..4)
+                .map(|x| ((2 * x + 1) as f64 * std::f64::consts::PI / 16.0).cos())
+                .sum::<f64>()
+                / 4.0;
+            let ka = (a1 / (4.0 * std::f64::consts::SQRT_2)) as f32;
+            let kb = (a1 * a1 / 4.0) as f32;
+            for y in 0..ph {
+                let (by, sy) = (y / 2, if y % 2 == 0 { 1.0f32 } else { -1.0 });
+                for x in 0..pw {
+                    let (bx, sx) = (x / 2, if x % 2 == 0 { 1.0f32 } else { -1.0 });
+                    let i = by * comp.bw + bx;
+                    let [h1, v1, hv] = lf[i];
+                    let v = coefs[i] as f32 * q[0] as f32 / 8.0
+                        + sx * ka * (h1 * q[1]) as f32
+                        + sy * ka * (v1 * q[2]) as f32
+                        + sx * sy * kb * (hv * q[3]) as f32;
+                    p[y * pw + x] = (v + 128.5).floor().clamp(0.0, 255.0) as u8;
+                }
+            }
         }
     }
     if fx == 1 && fy == 1 && pw == ow && ph == oh {
@@ -591,17 +755,21 @@ fn plane(frame: &Frame, comp: &Comp, coefs: &[i32], q: i32, ow: usize, oh: usize
 fn to_rgb(
     frame: &Frame,
     coefs: &[Vec<i32>],
-    q: &[Option<i32>],
+    lf: &[Vec<[i32; 3]>],
+    q: &[Option<[i32; 4]>],
     adobe: Option<u8>,
+    cell: usize,
 ) -> Option<Vec<u8>> {
-    let ow = (frame.width as usize).div_ceil(8);
-    let oh = (frame.height as usize).div_ceil(8);
+    let ow = (frame.width as usize).div_ceil(cell);
+    let oh = (frame.height as usize).div_ceil(cell);
     let planes: Vec<Vec<u8>> = frame
         .comps
         .iter()
-        .zip(coefs)
-        .zip(q)
-        .map(|((c, k), q)| q.map(|q| plane(frame, c, k, q, ow, oh)))
+        .enumerate()
+        .map(|(ci, c)| {
+            let lfc = lf.get(ci).map(Vec::as_slice);
+            q[ci].map(|q| plane(frame, c, &coefs[ci], lfc, q, ow, oh, cell))
+        })
         .collect::<Option<_>>()?;
     let n = ow * oh;
     let mut rgb = vec![0u8; n * 3];
@@ -650,31 +818,56 @@ mod tests {
     }
 
     /// The DC image must equal the 8×8 block means of the full decode (up to IDCT rounding and
-    /// chroma upsampling, which differ between the two paths).
+    /// chroma upsampling, which differ between the two paths); with `quadrants`, the 4×4 means.
     #[test]
     fn dc_image_is_the_block_means_of_the_full_decode() {
-        for (name, mean_ok, far_ok) in [
-            ("prog420.jpg", 2.5, 0.08),
-            ("prog420_rst.jpg", 2.5, 0.08),
-            ("prog444.jpg", 0.7, 0.02),
-            ("prog_gray.jpg", 0.7, 0.02),
-        ] {
+        cell_means_case(
+            false,
+            8,
+            &[
+                ("prog420.jpg", 2.5, 0.08),
+                ("prog420_rst.jpg", 2.5, 0.08),
+                ("prog444.jpg", 0.7, 0.02),
+                ("prog_gray.jpg", 0.7, 0.02),
+            ],
+        );
+    }
+
+    #[test]
+    fn quadrant_image_is_the_4x4_means_of_the_full_decode() {
+        // Higher odd AC terms and the refinement bits are not decoded: a little further off.
+        cell_means_case(
+            true,
+            4,
+            &[
+                ("prog420.jpg", 2.5, 0.06),
+                ("prog420_rst.jpg", 2.5, 0.06),
+                ("prog444.jpg", 1.5, 0.02),
+                ("prog_gray.jpg", 1.5, 0.02),
+            ],
+        );
+    }
+
+    fn cell_means_case(quadrants: bool, cell: usize, cases: &[(&str, f64, f64)]) {
+        for &(name, mean_ok, far_ok) in cases {
             let bytes = fixture(name);
             let frame = probe(&bytes).unwrap_or_else(|| panic!("{name}: not eligible"));
-            let dc = decode(&bytes, &frame).unwrap_or_else(|| panic!("{name}: DC decode failed"));
+            let dc = decode(&bytes, &frame, quadrants)
+                .unwrap_or_else(|| panic!("{name}: decode failed"));
             let full = full_decode(&bytes, &DecodeLimits::default()).unwrap();
             let (w, h) = full.dimensions();
+            assert_eq!(dc.cell as usize, cell);
             assert_eq!(
                 (dc.w, dc.h),
-                ((w as usize).div_ceil(8), (h as usize).div_ceil(8))
+                ((w as usize).div_ceil(cell), (h as usize).div_ceil(cell))
             );
             let (mut sum, mut max, mut n, mut far) = (0f64, 0u8, 0f64, 0f64);
             for by in 0..dc.h {
                 for bx in 0..dc.w {
                     let mut acc = [0u32; 3];
                     let mut cnt = 0u32;
-                    for y in by * 8..((by + 1) * 8).min(h as usize) {
-                        for x in bx * 8..((bx + 1) * 8).min(w as usize) {
+                    for y in by * cell..((by + 1) * cell).min(h as usize) {
+                        for x in bx * cell..((bx + 1) * cell).min(w as usize) {
                             let p = full.get_pixel(x as u32, y as u32);
                             for c in 0..3 {
                                 acc[c] += u32::from(p[c]);
@@ -697,7 +890,7 @@ mod tests {
             let (mean, far) = (sum / n, far / n);
             // Blocks whose pixels clip at 0/255 (ringing at hard edges) legitimately differ: the
             // mean of clipped pixels is not the clipped mean. They must stay rare.
-            eprintln!("{name}: DC image vs block means of the full decode: mean {mean:.3}, max {max}, share > 8 levels {far:.4}");
+            eprintln!("{name} (cell {cell}): reduced image vs cell means of the full decode: mean {mean:.3}, max {max}, share > 8 levels {far:.4}");
             assert!(
                 mean <= mean_ok && far <= far_ok,
                 "{name}: mean {mean}, share > 8 levels {far}"
@@ -722,8 +915,9 @@ mod tests {
         for cut in (200..bytes.len()).step_by(97) {
             let mut m = bytes.clone();
             m[cut] ^= 0x5A;
-            let _ = decode(&m, &frame);
-            let _ = decode(&bytes[..cut], &frame);
+            let _ = decode(&m, &frame, false);
+            let _ = decode(&m, &frame, true);
+            let _ = decode(&bytes[..cut], &frame, true);
         }
     }
 }

@@ -242,12 +242,16 @@ pub fn preprocess_with(
     ))
 }
 
-/// Cells (start, length) of the 8-pixel blocks along an axis of `full` pixels.
-fn block_cells(full: u32, n: usize) -> Vec<(u32, u32)> {
+/// Cells (start, length) of `cell`-pixel blocks along an axis of `full` pixels.
+fn block_cells(full: u32, n: usize, cell: u32) -> Vec<(u32, u32)> {
     (0..n as u32)
-        .map(|j| (8 * j, 8.min(full - 8 * j)))
+        .map(|j| (cell * j, cell.min(full - cell * j)))
         .collect()
 }
+
+/// Also decode the lowest AC coefficients of the first AC scans and reconstruct each 8×8
+/// block as 2×2 quadrant means (1/4 scale) instead of one mean (1/8 scale).
+const DCT_QUADRANTS: bool = true;
 
 fn reverse_cells(cells: &[(u32, u32)], full: u32) -> Vec<(u32, u32)> {
     cells
@@ -279,15 +283,15 @@ fn dc_path(
     }
     // Same refusals as the full decoder (truncation, scan count) before any work.
     decode::check_jpeg(bytes)?;
-    let dc = match std::panic::catch_unwind(|| jpeg_dc::decode(bytes, &frame)) {
+    let dc = match std::panic::catch_unwind(|| jpeg_dc::decode(bytes, &frame, DCT_QUADRANTS)) {
         Ok(Some(dc)) => dc,
         _ => return Ok(None),
     };
     let Some(small) = RgbImage::from_raw(dc.w as u32, dc.h as u32, dc.rgb) else {
         return Ok(None);
     };
-    let xs = block_cells(dc.full_w, dc.w);
-    let ys = block_cells(dc.full_h, dc.h);
+    let xs = block_cells(dc.full_w, dc.w, dc.cell);
+    let ys = block_cells(dc.full_h, dc.h, dc.cell);
     let (fw, fh) = (dc.full_w, dc.full_h);
     let (x_cells, y_cells, full_w, full_h) = match dc.orientation {
         O::NoTransforms => (xs, ys, fw, fh),
