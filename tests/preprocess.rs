@@ -439,3 +439,43 @@ fn dct_scaling_handles_every_eligible_layout() {
     let b = crop_with(&read(&fix("dct/prog420_rst.jpg")), DctScaling::Always);
     assert_eq!(a, b);
 }
+
+#[test]
+fn mutated_progressive_inputs_never_panic_on_the_dct_path() {
+    let mut runs = 0;
+    for f in [
+        "prog420.jpg",
+        "prog420_rst.jpg",
+        "prog444.jpg",
+        "prog_gray.jpg",
+    ] {
+        let bytes = read(&fix(&format!("dct/{f}")));
+        let mut seed = 0x2545_F491_4F6C_DD1Du64 ^ bytes.len() as u64;
+        for k in 0..60usize {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let mut m = bytes.clone();
+            if k % 3 == 0 {
+                m.truncate((seed as usize) % bytes.len());
+            } else {
+                // Flip bytes past the headers, in the entropy-coded data.
+                for j in 0..3 {
+                    let pos = 600 + ((seed >> (j * 16)) as usize) % (m.len() - 600);
+                    m[pos] ^= (seed >> (j * 8)) as u8 | 1;
+                }
+            }
+            let r = preprocess::preprocess_with(
+                &m,
+                &DecodeLimits::default(),
+                &Transform::IMAGENET,
+                DctScaling::Always,
+            );
+            if let Err(e) = r {
+                assert!(e.is_client_error(), "{f}: {e}");
+            }
+            runs += 1;
+        }
+    }
+    assert_eq!(runs, 240);
+}
