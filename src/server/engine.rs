@@ -241,7 +241,7 @@ fn engine_thread(
         batch_hist.observe(live.len() as f64);
         if result.is_ok() {
             if let Some(on) = policy.observe(live.len(), secs) {
-                tracing::info!(
+                tracing::debug!(
                     model = name,
                     batching = on,
                     single_ms = policy.single.map(|s| s * 1e3),
