@@ -9,6 +9,7 @@ use imgclass::labels::categories;
 use imgclass::models::ModelKind;
 use serde_json::Value;
 use std::path::Path;
+use std::process::{Command, Output};
 
 const MB: ModelKind = ModelKind::MobilenetV3Large;
 const WRN: ModelKind = ModelKind::WideResnet50_2;
@@ -17,19 +18,34 @@ fn mb_dir() -> String {
     synthetic_weights_dir(MB).display().to_string()
 }
 
+/// `imgclass classify --model <model> <args>` in `home` (hermetic, see `imgclass_cmd`).
+fn classify_cmd(home: &Path, model: &str, args: &[&str]) -> Command {
+    let mut cmd = imgclass_cmd(home);
+    cmd.args(["classify", "--model", model]).args(args);
+    cmd
+}
+
+/// `imgclass classify --model mobilenet_v3_large <args>` in `home`, run.
+fn mb(home: &Path, args: &[&str]) -> Output {
+    classify_cmd(home, "mobilenet_v3_large", args)
+        .output()
+        .unwrap()
+}
+
 /// `imgclass classify --model mobilenet_v3_large --weights-dir <synthetic> --offline <args>` in `home`.
-fn classify_mb(home: &Path, args: &[&str]) -> std::process::Output {
-    let dir = mb_dir();
-    let mut all = vec![
-        "classify",
-        "--model",
+fn classify_mb_cmd(home: &Path, args: &[&str]) -> Command {
+    let mut cmd = classify_cmd(
+        home,
         "mobilenet_v3_large",
-        "--weights-dir",
-        &dir,
-        "--offline",
-    ];
-    all.extend_from_slice(args);
-    run(home, &all)
+        &["--weights-dir", &mb_dir(), "--offline"],
+    );
+    cmd.args(args);
+    cmd
+}
+
+/// `classify_mb_cmd`, run.
+fn classify_mb(home: &Path, args: &[&str]) -> Output {
+    classify_mb_cmd(home, args).output().unwrap()
 }
 
 /// Asserts the success shape of one line and returns its predictions.
@@ -60,6 +76,21 @@ fn assert_prediction_line(v: &Value, file: &str, model: &str, k: usize) -> Vec<V
         last = prob;
     }
     preds
+}
+
+/// A success line's predictions as (index, probability).
+fn index_and_probability(v: &Value) -> Vec<(u64, f64)> {
+    v["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["index"].as_u64().unwrap(),
+                p["probability"].as_f64().unwrap(),
+            )
+        })
+        .collect()
 }
 
 fn assert_error_line(v: &Value, file: &str, error_type: &str) {
@@ -225,31 +256,13 @@ fn one_bad_input_in_the_middle_does_not_stop_the_others() {
     for (i, name) in args.iter().enumerate() {
         if name.starts_with("img") && i % 3 == 0 {
             let alone = json_lines(&classify_mb(h, &[name]));
-            assert_eq!(
-                alone[0]["predictions"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|p| &p["index"])
-                    .collect::<Vec<_>>(),
-                lines[i]["predictions"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|p| &p["index"])
-                    .collect::<Vec<_>>(),
-                "{name}"
+            let (alone, batched) = (
+                index_and_probability(&alone[0]),
+                index_and_probability(&lines[i]),
             );
-            for (a, b) in alone[0]["predictions"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .zip(lines[i]["predictions"].as_array().unwrap())
-            {
-                let (a, b) = (
-                    a["probability"].as_f64().unwrap(),
-                    b["probability"].as_f64().unwrap(),
-                );
+            let indices = |v: &[(u64, f64)]| v.iter().map(|p| p.0).collect::<Vec<_>>();
+            assert_eq!(indices(&alone), indices(&batched), "{name}");
+            for ((_, a), (_, b)) in alone.iter().zip(&batched) {
                 assert!((a - b).abs() < 1e-4, "{name}: {a} vs {b}");
             }
         }
@@ -266,19 +279,7 @@ fn stdin_is_read_for_dash_and_matches_the_file() {
     let h = home.path();
     let bytes = encode(&test_image(300, 200, 9), image::ImageFormat::Png);
     std::fs::write(h.join("same.png"), &bytes).unwrap();
-    let dir = mb_dir();
-    let mut cmd = imgclass_cmd(h);
-    cmd.args([
-        "classify",
-        "--model",
-        "mobilenet_v3_large",
-        "--weights-dir",
-        &dir,
-        "--offline",
-        "same.png",
-        "-",
-    ]);
-    let o = run_with_stdin(cmd, &bytes);
+    let o = run_with_stdin(classify_mb_cmd(h, &["same.png", "-"]), &bytes);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let lines = json_lines(&o);
     assert_eq!(lines.len(), 2);
@@ -287,17 +288,7 @@ fn stdin_is_read_for_dash_and_matches_the_file() {
     assert_eq!(from_file, from_stdin);
 
     // Empty stdin is an empty input, not a crash.
-    let mut cmd = imgclass_cmd(h);
-    cmd.args([
-        "classify",
-        "--model",
-        "mobilenet_v3_large",
-        "--weights-dir",
-        &dir,
-        "--offline",
-        "-",
-    ]);
-    let o = run_with_stdin(cmd, b"");
+    let o = run_with_stdin(classify_mb_cmd(h, &["-"]), b"");
     assert_eq!(code(&o), exit_code::BAD_IMAGE);
     assert_error_line(&json_lines(&o)[0], "-", "empty_input");
 }
@@ -308,20 +299,7 @@ fn save_input_writes_the_exact_224_crop_the_model_saw() {
     let h = home.path();
     let bytes = encode(&test_image(400, 300, 5), image::ImageFormat::Png);
     std::fs::write(h.join("wide.photo.png"), &bytes).unwrap();
-    let dir = mb_dir();
-    let mut cmd = imgclass_cmd(h);
-    cmd.args([
-        "classify",
-        "--model",
-        "mobilenet_v3_large",
-        "--weights-dir",
-        &dir,
-        "--offline",
-        "--save-input",
-        "seen/by/model",
-        "wide.photo.png",
-        "-",
-    ]);
+    let cmd = classify_mb_cmd(h, &["--save-input", "seen/by/model", "wide.photo.png", "-"]);
     let o = run_with_stdin(cmd, &bytes);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let expected = imgclass::preprocess::preprocess(
@@ -349,12 +327,9 @@ fn offline_with_missing_weights_says_what_where_and_how() {
     let h = home.path();
     write_png(&h.join("a.png"), 64, 64, 1);
     let empty = h.join("empty-weights");
-    let o = run(
+    let o = mb(
         h,
         &[
-            "classify",
-            "--model",
-            "mobilenet_v3_large",
             "--weights-dir",
             empty.to_str().unwrap(),
             "--offline",
@@ -374,16 +349,7 @@ fn offline_with_missing_weights_says_what_where_and_how() {
     assert!(!empty.exists(), "--offline must not create anything");
 
     // Without a flag: looks in ./weights and then the user cache (XDG_CACHE_HOME), and says so.
-    let o = run(
-        h,
-        &[
-            "classify",
-            "--model",
-            "mobilenet_v3_large",
-            "--offline",
-            "a.png",
-        ],
-    );
+    let o = mb(h, &["--offline", "a.png"]);
     assert_eq!(code(&o), exit_code::WEIGHTS);
     let err = stderr(&o);
     let cache = h.join(".cache").join("imgclass");
@@ -402,17 +368,7 @@ fn failed_download_of_missing_weights_says_what_where_and_how() {
     write_png(&h.join("a.png"), 64, 64, 1);
     let empty = h.join("w");
     // The hermetic manifest points at a closed loopback port: the fetch fails fast.
-    let o = run(
-        h,
-        &[
-            "classify",
-            "--model",
-            "mobilenet_v3_large",
-            "--weights-dir",
-            empty.to_str().unwrap(),
-            "a.png",
-        ],
-    );
+    let o = mb(h, &["--weights-dir", empty.to_str().unwrap(), "a.png"]);
     assert_eq!(code(&o), exit_code::WEIGHTS, "{}", stderr(&o));
     assert!(o.stdout.is_empty());
     let err = stderr(&o);
@@ -443,12 +399,9 @@ fn weights_file_flag_loads_exactly_that_file() {
     let copy = h.join("my-mobilenet.safetensors");
     std::fs::copy(&file, &copy).unwrap();
     let nowhere = h.join("nowhere");
-    let o = run(
+    let o = mb(
         h,
         &[
-            "classify",
-            "--model",
-            "mobilenet_v3_large",
             "--weights",
             "my-mobilenet.safetensors",
             "--weights-dir",
@@ -461,32 +414,18 @@ fn weights_file_flag_loads_exactly_that_file() {
     assert_prediction_line(&json_lines(&o)[0], "a.png", "mobilenet_v3_large", 5);
 
     // A missing file: weights error, naming it.
-    let o = run(
-        h,
-        &[
-            "classify",
-            "--model",
-            "mobilenet_v3_large",
-            "--weights",
-            "nope.safetensors",
-            "a.png",
-        ],
-    );
+    let o = mb(h, &["--weights", "nope.safetensors", "a.png"]);
     assert_eq!(code(&o), exit_code::WEIGHTS);
     assert!(stderr(&o).contains("nope.safetensors"), "{}", stderr(&o));
 
     // MobileNet's weights given to Wide ResNet: strict loading refuses them.
-    let o = run(
+    let o = classify_cmd(
         h,
-        &[
-            "classify",
-            "--model",
-            "wide_resnet50_2",
-            "--weights",
-            "my-mobilenet.safetensors",
-            "a.png",
-        ],
-    );
+        "wide_resnet50_2",
+        &["--weights", "my-mobilenet.safetensors", "a.png"],
+    )
+    .output()
+    .unwrap();
     assert_eq!(code(&o), exit_code::WEIGHTS, "{}", stderr(&o));
     assert!(stderr(&o).contains("weights_invalid"), "{}", stderr(&o));
     assert!(o.stdout.is_empty());
@@ -499,18 +438,7 @@ fn weights_file_flag_loads_exactly_that_file() {
         b"\x10\x00\x00\x00\x00\x00\x00\x00{}",
     )
     .unwrap();
-    let o = run(
-        h,
-        &[
-            "classify",
-            "--model",
-            "mobilenet_v3_large",
-            "--weights-dir",
-            "junk",
-            "--offline",
-            "a.png",
-        ],
-    );
+    let o = mb(h, &["--weights-dir", "junk", "--offline", "a.png"]);
     assert_eq!(code(&o), exit_code::WEIGHTS, "{}", stderr(&o));
     assert!(stderr(&o).contains("weights_invalid"), "{}", stderr(&o));
 }
@@ -520,16 +448,8 @@ fn weights_directory_from_environment_and_from_dot_weights() {
     let home = tempfile::tempdir().unwrap();
     let h = home.path();
     write_png(&h.join("a.png"), 100, 100, 7);
-    let dir = mb_dir();
-    let o = imgclass_cmd(h)
-        .env("IMGCLASS_WEIGHTS_DIR", &dir)
-        .args([
-            "classify",
-            "--model",
-            "mobilenet_v3_large",
-            "--offline",
-            "a.png",
-        ])
+    let o = classify_cmd(h, "mobilenet_v3_large", &["--offline", "a.png"])
+        .env("IMGCLASS_WEIGHTS_DIR", mb_dir())
         .output()
         .unwrap();
     assert_eq!(code(&o), 0, "{}", stderr(&o));
@@ -542,16 +462,7 @@ fn weights_directory_from_environment_and_from_dot_weights() {
         h.join("weights/mobilenet_v3_large.safetensors"),
     )
     .unwrap();
-    let o = run(
-        h,
-        &[
-            "classify",
-            "--model",
-            "mobilenet_v3_large",
-            "--offline",
-            "a.png",
-        ],
-    );
+    let o = mb(h, &["--offline", "a.png"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert_eq!(json_lines(&o), via_env);
 
@@ -572,19 +483,8 @@ fn stdout_is_only_json_lines_even_with_debug_logs() {
     let h = home.path();
     write_png(&h.join("a.png"), 100, 120, 1);
     std::fs::write(h.join("b.jpg"), b"nope").unwrap();
-    let dir = mb_dir();
-    let o = imgclass_cmd(h)
+    let o = classify_mb_cmd(h, &["a.png", "b.jpg"])
         .env("IMGCLASS_LOG", "debug")
-        .args([
-            "classify",
-            "--model",
-            "mobilenet_v3_large",
-            "--weights-dir",
-            &dir,
-            "--offline",
-            "a.png",
-            "b.jpg",
-        ])
         .output()
         .unwrap();
     assert_eq!(code(&o), exit_code::BAD_IMAGE);
@@ -680,19 +580,7 @@ fn weights_flag_accepts_a_torchvision_pth_with_the_same_answers() {
     std::fs::write(h.join("mb.pth"), synthetic_pth_bytes(MB)).unwrap();
     let file = synthetic_weights_file(MB).display().to_string();
     let with = |w: &str| {
-        let o = run(
-            h,
-            &[
-                "classify",
-                "--model",
-                "mobilenet_v3_large",
-                "--weights",
-                w,
-                "--top-k",
-                "10",
-                "a.png",
-            ],
-        );
+        let o = mb(h, &["--weights", w, "--top-k", "10", "a.png"]);
         assert_eq!(code(&o), 0, "{w}: {}", stderr(&o));
         json_lines(&o)
     };
