@@ -28,6 +28,42 @@ fn png_rgb(p: &Path) -> image::RgbImage {
         .to_rgb8()
 }
 
+/// One case of a fixture set: `<set>.json` lists the cases, their files are in `<set>/`.
+struct Case {
+    set: &'static str,
+    /// The case's JSON entry.
+    meta: serde_json::Value,
+    /// Its `file` field.
+    file: String,
+}
+
+impl Case {
+    /// The bytes of the case's input file.
+    fn bytes(&self) -> Vec<u8> {
+        read(&fix(&format!("{}/{}", self.set, self.file)))
+    }
+
+    /// The PNG the case names as `expected` (what PIL produced), as RGB8.
+    fn expected(&self) -> image::RgbImage {
+        let name = self.meta["expected"].as_str().unwrap();
+        png_rgb(&fix(&format!("{}/{name}", self.set)))
+    }
+}
+
+/// The cases of fixture set `set` (at least `min` of them).
+fn cases(set: &'static str, min: usize) -> Vec<Case> {
+    let list = json(&fix(&format!("{set}.json")));
+    let list = list.as_array().unwrap();
+    assert!(list.len() >= min, "{set}.json lists {} cases", list.len());
+    list.iter()
+        .map(|meta| Case {
+            set,
+            meta: meta.clone(),
+            file: meta["file"].as_str().unwrap().to_string(),
+        })
+        .collect()
+}
+
 /// (mean |Δ| in levels, max |Δ| in levels, mean |Δ| of the normalised tensor).
 fn diff(a: &image::RgbImage, b: &image::RgbImage) -> (f64, u8, f64) {
     assert_eq!(a.dimensions(), b.dimensions(), "dimensions differ");
@@ -110,16 +146,10 @@ fn normalize_matches_torchvision_to_tensor_and_normalize() {
 
 #[test]
 fn resize_and_crop_are_bit_exact_with_pil_on_lossless_inputs() {
-    let cases = json(&fix("resize.json"));
-    let cases = cases.as_array().unwrap();
-    assert!(cases.len() >= 5);
-    for case in cases {
-        let file = case["file"].as_str().unwrap();
+    for case in cases("resize", 5) {
+        let file = &case.file;
         let input = png_rgb(&fix(&format!("resize/{file}")));
-        let want = png_rgb(&fix(&format!(
-            "resize/{}",
-            case["expected"].as_str().unwrap()
-        )));
+        let want = case.expected();
         let got = preprocess::resize_center_crop(&input, &Transform::IMAGENET).unwrap();
         let (mean, max, _) = diff(&got, &want);
         assert_eq!(
@@ -131,20 +161,11 @@ fn resize_and_crop_are_bit_exact_with_pil_on_lossless_inputs() {
 
 #[test]
 fn every_format_decodes_like_pil() {
-    let cases = json(&fix("formats.json"));
-    let cases = cases.as_array().unwrap();
-    assert!(cases.len() >= 15);
-    for case in cases {
-        let file = case["file"].as_str().unwrap();
-        let got = preprocess::decode(
-            &read(&fix(&format!("formats/{file}"))),
-            &DecodeLimits::default(),
-        )
-        .unwrap_or_else(|e| panic!("{file}: {e}"));
-        let want = png_rgb(&fix(&format!(
-            "formats/{}",
-            case["expected"].as_str().unwrap()
-        )));
+    for case in cases("formats", 15) {
+        let (file, bytes) = (&case.file, case.bytes());
+        let got = preprocess::decode(&bytes, &DecodeLimits::default())
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        let want = case.expected();
         assert_eq!(
             got.dimensions(),
             want.dimensions(),
@@ -152,19 +173,15 @@ fn every_format_decodes_like_pil() {
         );
         let (mean, max, _) = diff(&got, &want);
         eprintln!("{file}: mean |Δ| = {mean:.3} levels, max |Δ| = {max}");
-        let max_ok = case["max_abs"].as_u64().unwrap() as u8;
-        let mean_ok = case["mean_abs"].as_f64().unwrap();
+        let max_ok = case.meta["max_abs"].as_u64().unwrap() as u8;
+        let mean_ok = case.meta["mean_abs"].as_f64().unwrap();
         assert!(
             max <= max_ok && mean <= mean_ok,
             "{file}: mean {mean} (≤ {mean_ok}), max {max} (≤ {max_ok})"
         );
         // The whole pipeline runs on every format.
-        let p = preprocess::preprocess(
-            &read(&fix(&format!("formats/{file}"))),
-            &DecodeLimits::default(),
-            &Transform::IMAGENET,
-        )
-        .unwrap();
+        let p =
+            preprocess::preprocess(&bytes, &DecodeLimits::default(), &Transform::IMAGENET).unwrap();
         assert_eq!(p.crop.dimensions(), (224, 224));
     }
 }
@@ -190,14 +207,11 @@ fn exif_orientation_6_is_applied() {
 
 #[test]
 fn bad_inputs_are_refused_with_the_right_error() {
-    let cases = json(&fix("bad.json"));
-    let cases = cases.as_array().unwrap();
-    assert!(cases.len() >= 8);
-    for case in cases {
-        let file = case["file"].as_str().unwrap();
-        let want = case["error_type"].as_str().unwrap();
+    for case in cases("bad", 8) {
+        let file = &case.file;
+        let want = case.meta["error_type"].as_str().unwrap();
         let r = preprocess::preprocess(
-            &read(&fix(&format!("bad/{file}"))),
+            &case.bytes(),
             &DecodeLimits::default(),
             &Transform::IMAGENET,
         );
@@ -276,10 +290,9 @@ fn declared_size_over_the_limit_is_refused_with_its_dimensions() {
 #[test]
 fn mutated_inputs_never_panic() {
     // Truncations and byte flips of every fixture: each call returns Ok or an Err, never panics.
-    let cases = json(&fix("formats.json"));
     let mut runs = 0;
-    for case in cases.as_array().unwrap() {
-        let bytes = read(&fix(&format!("formats/{}", case["file"].as_str().unwrap())));
+    for case in cases("formats", 1) {
+        let bytes = case.bytes();
         let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ bytes.len() as u64;
         for k in 0..40usize {
             seed ^= seed << 13;
@@ -296,7 +309,7 @@ fn mutated_inputs_never_panic() {
             }
             let r = preprocess::preprocess(&m, &DecodeLimits::default(), &Transform::IMAGENET);
             if let Err(e) = r {
-                assert!(e.is_client_error(), "{}: {e}", case["file"]);
+                assert!(e.is_client_error(), "{}: {e}", case.file);
             }
             runs += 1;
         }
