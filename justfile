@@ -25,7 +25,7 @@ test:
 
 # cargo fmt --check
 fmt-check:
-    cargo fmt --all --check
+    cargo fmt --all --check -- --color never
 
 # clippy on every target, warnings are errors
 clippy:
