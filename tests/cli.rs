@@ -383,11 +383,8 @@ fn failed_download_of_missing_weights_says_what_where_and_how() {
         )),
         "{err}"
     );
-    assert!(
-        list_dir(&empty).is_empty(),
-        "a failed fetch leaves nothing: {:?}",
-        list_dir(&empty)
-    );
+    // A failed fetch leaves nothing.
+    assert_dir_empty(&empty);
 }
 
 #[test]

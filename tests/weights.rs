@@ -334,11 +334,7 @@ fn a_wrong_hash_is_refused_and_leaves_nothing() {
     let err = stderr(&o);
     assert!(err.contains(&real), "names the hash it got: {err}");
     assert!(err.contains(wrong), "and the one it expected: {err}");
-    assert!(
-        list_dir(&dir).is_empty(),
-        "left behind: {:?}",
-        list_dir(&dir)
-    );
+    assert_dir_empty(&dir);
 }
 
 #[test]
@@ -352,11 +348,7 @@ fn a_connection_dropped_mid_body_is_an_error_and_leaves_nothing_complete() {
     let o = fetch_mb(h, &manifest, &dir, &[]);
     assert_eq!(code(&o), exit_code::WEIGHTS, "{}", stderr(&o));
     assert!(stderr(&o).contains("download_failed"), "{}", stderr(&o));
-    assert!(
-        list_dir(&dir).is_empty(),
-        "left behind: {:?}",
-        list_dir(&dir)
-    );
+    assert_dir_empty(&dir);
     let (_, rows) = list_json(h, &manifest, &dir, &[]);
     assert_eq!(status_of(&rows, "mobilenet_v3_large")["status"], "missing");
 }
@@ -371,18 +363,14 @@ fn http_errors_and_bad_files_are_refused() {
     let o = fetch_mb(h, &manifest, &dir, &[]);
     assert_eq!(code(&o), exit_code::WEIGHTS);
     assert!(stderr(&o).contains("404"), "{}", stderr(&o));
-    assert!(list_dir(&dir).is_empty());
+    assert_dir_empty(&dir);
     // The right hash, but not weights of this model: refused by the strict load, nothing installed.
     let junk = Arc::new(b"PK\x03\x04 definitely not a torch file".repeat(100));
     let (_s, manifest) = setup(h, "junk.pth", Reply::Body(junk), None);
     let o = fetch_mb(h, &manifest, &dir, &[]);
     assert_eq!(code(&o), exit_code::WEIGHTS);
     assert!(stderr(&o).contains("weights_invalid"), "{}", stderr(&o));
-    assert!(
-        list_dir(&dir).is_empty(),
-        "left behind: {:?}",
-        list_dir(&dir)
-    );
+    assert_dir_empty(&dir);
     // Wide ResNet's file name, MobileNet's weights.
     let (_s, manifest) = setup(h, "wrn.safetensors", Reply::Body(mb_safetensors()), None);
     let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
@@ -419,11 +407,7 @@ fn http_errors_and_bad_files_are_refused() {
         "{}",
         stderr(&o)
     );
-    assert!(
-        list_dir(&dir).is_empty(),
-        "left behind: {:?}",
-        list_dir(&dir)
-    );
+    assert_dir_empty(&dir);
     // A broken manifest override.
     std::fs::write(
         h.join("broken.json"),

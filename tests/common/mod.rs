@@ -193,6 +193,16 @@ pub fn list_dir(dir: &Path) -> Vec<String> {
     v
 }
 
+/// Asserts `dir` holds nothing (or does not exist), listing what was left behind.
+pub fn assert_dir_empty(dir: &Path) {
+    let left = list_dir(dir);
+    assert!(
+        left.is_empty(),
+        "left behind in {}: {left:?}",
+        dir.display()
+    );
+}
+
 /// Write `tensors` (f32) as a torchvision-style zip `.pth` (what `torch.save(state_dict, path)`
 /// writes: `archive/data.pkl` pickling an OrderedDict of `torch._utils._rebuild_tensor_v2` calls,
 /// one stored `archive/data/<i>` entry per tensor). Returns the bytes.
