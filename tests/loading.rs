@@ -2,6 +2,8 @@
 
 mod common;
 
+use common::values;
+
 use candle_core::{DType, Device, Tensor};
 use imgclass::models::{Classifier, ModelKind};
 use imgclass::weights::load::{expected_shapes, read_tensors, write_safetensors};
@@ -209,38 +211,19 @@ fn torch_zip_pth_reads_like_safetensors() {
         let got = &pth[k];
         assert_eq!(got.dtype(), DType::F32, "{k}");
         assert_eq!(got.dims(), want.dims(), "{k}");
-        let g = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let w = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let g = values(got);
+        let w = values(want);
         assert_eq!(g, w, "{k}");
     }
     // the generator made the values: a.weight is generated("small.a", [3,2,3,3], scale 1)
     let a = synthetic::tensor("small.a", &[3, 2, 3, 3], 1.0, 0.0);
-    assert_eq!(
-        pth["a.weight"]
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap(),
-        a.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-    );
+    assert_eq!(values(&pth["a.weight"]), values(&a));
 }
 
 #[test]
 fn full_model_loads_from_a_torch_zip_pth_like_from_safetensors() {
     let w = synthetic::generate(MBN);
-    let mut names: Vec<&String> = w.keys().collect();
-    names.sort();
-    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = names
-        .into_iter()
-        .map(|n| {
-            let t = &w[n];
-            (
-                n.clone(),
-                t.dims().to_vec(),
-                t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            )
-        })
-        .collect();
+    let tensors = common::pth_tensors(&w);
     let dir = tempfile::tempdir().unwrap();
     // the name does not matter: the format is recognised by content
     let pth = dir.path().join("mobilenet_v3_large-5c1a4163.pth");
@@ -343,10 +326,7 @@ fn write_safetensors_is_atomic_and_round_trips() {
     assert_eq!(names, ["w.safetensors"], "no temp file is left behind");
     let back = read_tensors(&file).unwrap();
     for (k, t) in &w {
-        assert_eq!(
-            back[k].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-        );
+        assert_eq!(values(&back[k]), values(t));
     }
     // overwriting replaces the file whole
     w.remove("t");

@@ -1,7 +1,10 @@
 //! Parity with torchvision: the Rust models, built from weights regenerated here and loaded through the
 //! normal loader, give torchvision's logits (committed by scripts/make_parity_fixtures.py).
 
+mod common;
+
 use candle_core::Tensor;
+use common::values;
 use imgclass::models::{Classifier, ModelKind};
 use imgclass::preprocess::{preprocess, DecodeLimits, Transform};
 use imgclass::weights::load::{expected_shapes, parameter_count, read_tensors, write_safetensors};
@@ -213,7 +216,7 @@ fn generator_matches_numpy_bit_for_bit() {
             };
             (Some(kind), t)
         };
-        let flat = tensor.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let flat = values(&tensor);
         for (idx, bits) in elems.as_object().unwrap() {
             let i: usize = idx.parse().unwrap();
             let want = u32::from_str_radix(bits.as_str().unwrap(), 16).unwrap();
@@ -293,12 +296,8 @@ fn generate_uses_the_embedded_copy_of_the_committed_calibration() {
         assert_eq!(file.classifier_scale, embedded.classifier_scale);
         assert_eq!(file.running.len(), embedded.running.len());
         for (k, t) in &file.running {
-            let a = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let b = embedded.running[k]
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
+            let a = values(t);
+            let b = values(&embedded.running[k]);
             assert_eq!(a, b, "{k}");
         }
     }
@@ -309,23 +308,10 @@ fn generate_uses_the_embedded_copy_of_the_committed_calibration() {
     let u = synthetic::generate_uncalibrated(kind);
     assert_eq!(a.len(), b.len());
     for (k, t) in &a {
-        let x = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert_eq!(
-            x,
-            b[k].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            "{k}"
-        );
+        let x = values(t);
+        assert_eq!(x, values(&b[k]), "{k}");
     }
     let var = "features.16.1.running_var";
-    assert!(u[var]
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
-        .iter()
-        .all(|&v| v == 1.0));
-    assert_ne!(
-        a[var].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-        u[var].flatten_all().unwrap().to_vec1::<f32>().unwrap()
-    );
+    assert!(values(&u[var]).iter().all(|&v| v == 1.0));
+    assert_ne!(values(&a[var]), values(&u[var]));
 }

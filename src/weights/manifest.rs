@@ -175,22 +175,29 @@ mod tests {
     #[test]
     fn embedded_manifest_names_both_models_with_torchvision_facts() {
         let m = Manifest::embedded().unwrap();
-        let w = m.entry(ModelKind::WideResnet50_2).unwrap();
-        assert_eq!(
-            w.url,
-            "https://download.pytorch.org/models/wide_resnet50_2-9ba9bcbe.pth"
-        );
-        assert_eq!(w.num_params, 68_883_240);
-        assert_eq!(w.acc_top1, 81.602);
-        assert_eq!(w.acc_top5, 95.758);
-        let mb = m.entry(ModelKind::MobilenetV3Large).unwrap();
-        assert_eq!(
-            mb.url,
-            "https://download.pytorch.org/models/mobilenet_v3_large-5c1a4163.pth"
-        );
-        assert_eq!(mb.num_params, 5_483_032);
-        assert_eq!(mb.acc_top1, 75.274);
-        assert_eq!(mb.acc_top5, 92.566);
+        let facts = [
+            (
+                ModelKind::WideResnet50_2,
+                "https://download.pytorch.org/models/wide_resnet50_2-9ba9bcbe.pth",
+                68_883_240,
+                81.602,
+                95.758,
+            ),
+            (
+                ModelKind::MobilenetV3Large,
+                "https://download.pytorch.org/models/mobilenet_v3_large-5c1a4163.pth",
+                5_483_032,
+                75.274,
+                92.566,
+            ),
+        ];
+        for (kind, url, num_params, acc_top1, acc_top5) in facts {
+            let e = m.entry(kind).unwrap();
+            assert_eq!(e.url, url);
+            assert_eq!(e.num_params, num_params, "{kind}");
+            assert_eq!(e.acc_top1, acc_top1, "{kind}");
+            assert_eq!(e.acc_top5, acc_top5, "{kind}");
+        }
         for e in &m.models {
             assert_eq!(e.weights, "IMAGENET1K_V2");
             assert_eq!(e.transform.interpolation, "bilinear");

@@ -276,18 +276,25 @@ pub fn torch_pth_bytes(tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Vec<u8> {
     zip.finish().unwrap().into_inner()
 }
 
+/// A tensor's values, flattened, as f32.
+pub fn values(t: &candle_core::Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+/// `tensors` as `torch_pth_bytes` takes them: (name, shape, values), sorted by name.
+pub fn pth_tensors(
+    tensors: &std::collections::HashMap<String, candle_core::Tensor>,
+) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let mut out: Vec<_> = tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), t.dims().to_vec(), values(t)))
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
 /// The synthetic weights of `kind` as a torchvision zip `.pth` (tensor names sorted).
 pub fn synthetic_pth_bytes(kind: ModelKind) -> Vec<u8> {
     let map = imgclass::weights::load::read_tensors(&synthetic_weights_file(kind)).unwrap();
-    let mut names: Vec<&String> = map.keys().collect();
-    names.sort();
-    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = names
-        .into_iter()
-        .map(|n| {
-            let t = &map[n];
-            let data = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            (n.clone(), t.dims().to_vec(), data)
-        })
-        .collect();
-    torch_pth_bytes(&tensors)
+    torch_pth_bytes(&pth_tensors(&map))
 }
