@@ -236,6 +236,27 @@ impl Settings {
         positive("primary-deadline-ms", a.primary_deadline_ms)?;
         positive("header-read-timeout-ms", a.header_read_timeout_ms)?;
         positive("request-timeout-ms", a.request_timeout_ms)?;
+        // Upper bounds far above any sensible setting, low enough that nothing derived from them
+        // can overflow or panic: deadlines (`Instant + Duration`), semaphore permits, the
+        // engine's preallocated queue (2 × max-concurrent + 1 slots), thread pools, the body buffer
+        // (preallocated up to the declared Content-Length).
+        fn at_most(name: &str, v: u64, max: u64) -> Result<()> {
+            if v > max {
+                return Err(Error::Usage(format!(
+                    "--{name} must be at most {max}, got {v}"
+                )));
+            }
+            Ok(())
+        }
+        const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+        at_most("max-body-bytes", a.max_body_bytes, 4 << 30)?;
+        at_most("max-concurrent", a.max_concurrent as u64, 65_536)?;
+        at_most("threads", a.threads as u64, 1024)?;
+        at_most("decode-threads", a.decode_threads as u64, 1024)?;
+        at_most("primary-deadline-ms", a.primary_deadline_ms, DAY_MS)?;
+        at_most("header-read-timeout-ms", a.header_read_timeout_ms, DAY_MS)?;
+        at_most("request-timeout-ms", a.request_timeout_ms, DAY_MS)?;
+        at_most("shutdown-grace-ms", a.shutdown_grace_ms, DAY_MS)?;
         let threads = if a.threads == 0 {
             available_cpus()
         } else {
@@ -311,6 +332,31 @@ mod tests {
         let e = Settings::from_args(&cli.serve).unwrap_err();
         assert_eq!(e.error_type(), "usage_error");
         assert!(e.to_string().contains("max-batch-size"), "{e}");
+    }
+
+    #[test]
+    fn absurd_limits_are_usage_errors_naming_the_flag() {
+        let huge = u64::MAX.to_string();
+        for flag in [
+            "--max-body-bytes",
+            "--max-concurrent",
+            "--threads",
+            "--decode-threads",
+            "--primary-deadline-ms",
+            "--header-read-timeout-ms",
+            "--request-timeout-ms",
+            "--shutdown-grace-ms",
+        ] {
+            let cli = Cli::try_parse_from(["x", flag, &huge]).unwrap();
+            let e = Settings::from_args(&cli.serve).unwrap_err();
+            assert_eq!(e.error_type(), "usage_error", "{flag}");
+            assert!(e.to_string().contains(&flag[2..]), "{flag}: {e}");
+        }
+        // the bounds themselves are accepted
+        let cli =
+            Cli::try_parse_from(["x", "--request-timeout-ms", "86400000", "--threads", "1024"])
+                .unwrap();
+        assert!(Settings::from_args(&cli.serve).is_ok());
     }
 
     #[test]
