@@ -74,24 +74,33 @@ impl Input {
         }
     }
 
-    fn read(&self, stdin: &mut dyn Read) -> Result<Vec<u8>> {
-        match self {
-            Input::Stdin => {
-                let mut buf = Vec::new();
-                stdin
-                    .read_to_end(&mut buf)
-                    .map_err(|source| Error::Unreadable {
-                        path: PathBuf::from("<stdin>"),
-                        source,
-                    })?;
-                Ok(buf)
-            }
-            Input::File(p) => std::fs::read(p).map_err(|source| Error::Unreadable {
-                path: p.clone(),
-                source,
-            }),
-        }
+    /// The input's bytes, refusing (as unreadable) an input longer than `max_bytes`.
+    fn read(&self, stdin: &mut dyn Read, max_bytes: u64) -> Result<Vec<u8>> {
+        let (path, r) = match self {
+            Input::Stdin => (PathBuf::from("<stdin>"), read_at_most(stdin, max_bytes)),
+            Input::File(p) => (
+                p.clone(),
+                std::fs::File::open(p).and_then(|mut f| read_at_most(&mut f, max_bytes)),
+            ),
+        };
+        r.map_err(|source| Error::Unreadable { path, source })
     }
+}
+
+/// All of `r`, or an error once it is longer than `max_bytes` (never holding more than that).
+fn read_at_most(r: &mut dyn Read, max_bytes: u64) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    r.take(max_bytes.saturating_add(1)).read_to_end(&mut buf)?;
+    if buf.len() as u64 > max_bytes {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!(
+                "more than {max_bytes} bytes, larger than any image within the pixel limit \
+                 (--max-pixels) can be"
+            ),
+        ));
+    }
+    Ok(buf)
 }
 
 /// Load the classifier the flags ask for: `--weights FILE` exactly, else the resolved directory's
@@ -148,7 +157,7 @@ fn prepare(
     limits: &DecodeLimits,
     save_dir: Option<&Path>,
 ) -> Result<Preprocessed> {
-    let bytes = input.read(stdin)?;
+    let bytes = input.read(stdin, limits.max_input_bytes())?;
     let pre = preprocess::preprocess(&bytes, limits, &Transform::IMAGENET)?;
     if let Some(d) = save_dir {
         let path = d.join(input.saved_name());

@@ -191,6 +191,20 @@ fn unreadable_files_exit_3() {
         assert_eq!(lines.len(), 1);
         assert_error_line(&lines[0], name, "unreadable_file");
     }
+    // An endless input is not read into memory for ever: it stops past the largest image the
+    // pixel limit allows (64 MiB decode budget + 16 MiB here) and is refused as unreadable.
+    let o = classify_mb(home.path(), &["--max-pixels", "1", "/dev/zero", "-"]);
+    assert_eq!(code(&o), exit_code::UNREADABLE, "{}", stderr(&o));
+    let lines = json_lines(&o);
+    assert_eq!(lines.len(), 2);
+    assert_error_line(&lines[0], "/dev/zero", "unreadable_file");
+    assert!(
+        lines[0]["error"].as_str().unwrap().contains("more than"),
+        "{}",
+        lines[0]
+    );
+    // (stdin is /dev/null here: empty, a bad image, not a read error)
+    assert_error_line(&lines[1], "-", "empty_input");
 }
 
 #[test]

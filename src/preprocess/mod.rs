@@ -55,6 +55,14 @@ impl DecodeLimits {
     pub fn max_alloc_bytes(&self) -> u64 {
         self.max_pixels.saturating_mul(4).max(64 << 20)
     }
+
+    /// Largest encoded input worth reading: an image file is at most about as large as its
+    /// decoded pixels (uncompressed BMP/TIFF) plus headers and metadata, so a larger input cannot
+    /// decode within [`max_alloc_bytes`](Self::max_alloc_bytes). Readers stop here instead of
+    /// holding an endless input (`/dev/zero`, a pipe) or a huge non-image file in memory.
+    pub fn max_input_bytes(&self) -> u64 {
+        self.max_alloc_bytes().saturating_add(16 << 20)
+    }
 }
 
 /// torchvision's `_compute_resized_output_size` for `Resize(size)` with an int size:
