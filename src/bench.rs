@@ -139,6 +139,16 @@ fn load_model(args: &BenchArgs) -> Result<(Classifier, String)> {
     Ok((model, path.display().to_string()))
 }
 
+/// One forward pass, on rayon's pool unless `IMGCLASS_BENCH_OUTSIDE_POOL` is set (to measure the
+/// difference, see [`crate::ops::in_pool`]).
+fn forward(model: &Classifier, input: &candle_core::Tensor) -> Result<candle_core::Tensor> {
+    if std::env::var_os("IMGCLASS_BENCH_OUTSIDE_POOL").is_some() {
+        model.forward(input)
+    } else {
+        crate::ops::in_pool(|| model.forward(input))
+    }
+}
+
 fn bench_forward(args: &BenchArgs) -> Result<serde_json::Value> {
     if args.image.is_some() {
         return Err(Error::Usage(
@@ -151,12 +161,12 @@ fn bench_forward(args: &BenchArgs) -> Result<serde_json::Value> {
     let batch = args.batch as usize;
     let input = synthetic::parity_input(batch);
     for _ in 0..args.warmup {
-        model.forward(&input)?;
+        forward(&model, &input)?;
     }
     let mut times = Vec::with_capacity(args.iters as usize);
     for _ in 0..args.iters {
         let t = Instant::now();
-        let y = model.forward(&input)?;
+        let y = forward(&model, &input)?;
         times.push(t.elapsed());
         if y.dims() != [batch, 1000] {
             return Err(Error::Internal(format!(

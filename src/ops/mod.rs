@@ -38,6 +38,16 @@ pub fn configure_threads() {
     }
 }
 
+/// Run `f` (typically a whole forward pass) on a thread of rayon's pool and return its result.
+///
+/// Every kernel here is a rayon parallel loop. Called from a thread outside the pool, each of them
+/// (about 150 per MobileNetV3 forward pass) parks the caller on a latch and wakes a worker: tens of
+/// microseconds each. Called from inside the pool they start at once. `rayon::scope` from outside
+/// the pool runs its body on a pool thread and blocks until it is done.
+pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| f())
+}
+
 /// Activation fused after a convolution (and after the residual add, when there is one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activation {
