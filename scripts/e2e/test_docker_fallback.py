@@ -42,9 +42,7 @@ def images(binary, weights_dir):
     )
     assert out.returncode == 0, f"image build failed:\n{out.stderr[-4000:]}"
     print(out.stdout)
-    sizes = {t: int(docker("image", "inspect", "-f", "{{.Size}}", f"imgclass-{t}:{TAG}").stdout) for t in ("lite", "full")}
-    (ROOT / "target" / "dist" / "image-sizes.json").write_text(json.dumps(sizes))
-    return sizes
+    return {t: int(docker("image", "inspect", "-f", "{{.Size}}", f"imgclass-{t}:{TAG}").stdout) for t in ("lite", "full")}
 
 
 class ContainerPod:
