@@ -221,6 +221,33 @@ fn torch_zip_pth_reads_like_safetensors() {
 }
 
 #[test]
+fn a_pth_with_a_negative_storage_offset_is_invalid_not_a_crash() {
+    let tensors = vec![("a.weight".to_string(), vec![4, 4], vec![0.5f32; 16])];
+    let pickle = common::torch_pickle(&tensors);
+    // The storage offset follows the storage tuple (`tQ`) as a BININT (`J`, i32 little endian).
+    let at = pickle
+        .windows(7)
+        .position(|w| w == b"tQJ\0\0\0\0")
+        .expect("offset 0 in the pickle");
+    let mut bad = pickle.clone();
+    bad[at + 3..at + 7].copy_from_slice(&(-0x1000_0000i32).to_le_bytes());
+    let dir = tempfile::tempdir().unwrap();
+    let pth = dir.path().join("bad.pth");
+    std::fs::write(&pth, common::torch_zip(&bad, &tensors)).unwrap();
+    match read_tensors(&pth) {
+        Err(e @ Error::WeightsInvalid { .. }) => assert!(e.to_string().contains("bad.pth"), "{e}"),
+        Err(e) => panic!("expected WeightsInvalid, got {e:?}"),
+        Ok(_) => panic!("a negative storage offset was accepted"),
+    }
+    // The unpatched pickle reads (the test changes only the offset).
+    std::fs::write(&pth, common::torch_zip(&pickle, &tensors)).unwrap();
+    assert_eq!(
+        values(&read_tensors(&pth).unwrap()["a.weight"]),
+        vec![0.5; 16]
+    );
+}
+
+#[test]
 fn full_model_loads_from_a_torch_zip_pth_like_from_safetensors() {
     let w = synthetic::generate(MBN);
     let tensors = common::pth_tensors(&w);

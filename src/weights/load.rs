@@ -90,10 +90,19 @@ pub fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
         .read_to_end(&mut head)
         .map_err(|e| invalid(path, format!("cannot read: {e}")))?;
     drop(file);
-    let raw = match sniff(&head, meta.len()).map_err(|r| invalid(path, r))? {
-        Format::Safetensors => read_safetensors(path)?,
-        Format::TorchZip => read_pth(path)?,
-    };
+    let format = sniff(&head, meta.len()).map_err(|r| invalid(path, r))?;
+    // candle's readers trust the file's tensor metadata (a negative storage offset in a .pth
+    // overflows a multiplication and panics): a panic while reading is an invalid file, not a crash.
+    let read = std::panic::catch_unwind(|| match format {
+        Format::Safetensors => read_safetensors(path),
+        Format::TorchZip => read_pth(path),
+    });
+    let raw = read.unwrap_or_else(|_| {
+        Err(invalid(
+            path,
+            "the tensor reader failed on this file (malformed tensor metadata)",
+        ))
+    })?;
     raw.into_iter()
         .map(|(k, t)| {
             let t = to_f32_if_float(t).map_err(|e| invalid(path, format!("tensor `{k}`: {e}")))?;

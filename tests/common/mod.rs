@@ -207,7 +207,11 @@ pub fn assert_dir_empty(dir: &Path) {
 /// writes: `archive/data.pkl` pickling an OrderedDict of `torch._utils._rebuild_tensor_v2` calls,
 /// one stored `archive/data/<i>` entry per tensor). Returns the bytes.
 pub fn torch_pth_bytes(tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Vec<u8> {
-    use std::io::Write;
+    torch_zip(&torch_pickle(tensors), tensors)
+}
+
+/// The `archive/data.pkl` pickle of `torch_pth_bytes` (storage offsets 0, contiguous strides).
+pub fn torch_pickle(tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Vec<u8> {
     fn global(p: &mut Vec<u8>, module: &str, name: &str) {
         p.push(b'c');
         p.extend_from_slice(module.as_bytes());
@@ -257,13 +261,18 @@ pub fn torch_pth_bytes(tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Vec<u8> {
         p.extend_from_slice(b")RtR");
     }
     p.extend_from_slice(b"u.");
+    p
+}
 
+/// The zip `.pth` around `pickle`, with one stored `archive/data/<i>` entry per tensor.
+pub fn torch_zip(pickle: &[u8], tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Vec<u8> {
+    use std::io::Write;
     let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     let opts = zip::write::SimpleFileOptions::default()
         .compression_method(zip::CompressionMethod::Stored)
         .large_file(true);
     zip.start_file("archive/data.pkl", opts).unwrap();
-    zip.write_all(&p).unwrap();
+    zip.write_all(pickle).unwrap();
     zip.start_file("archive/byteorder", opts).unwrap();
     zip.write_all(b"little").unwrap();
     for (i, (_, _, data)) in tensors.iter().enumerate() {
