@@ -2,7 +2,7 @@
 //! directory resolution and fetching (owner: CLI/weights).
 
 pub mod dir;
-pub mod load;
-pub mod synthetic;
 pub mod fetch;
+pub mod load;
 pub mod manifest;
+pub mod synthetic;
