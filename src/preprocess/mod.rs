@@ -173,7 +173,7 @@ pub fn resize_center_crop(img: &RgbImage, t: &Transform) -> Result<RgbImage> {
 /// Scale to [0,1] and normalise: CHW f32, length 3*crop*crop.
 pub fn normalize(crop: &RgbImage, t: &Transform) -> Vec<f32> {
     let (w, h) = crop.dimensions();
-    let n = (w * h) as usize;
+    let n = w as usize * h as usize;
     let mut out = vec![0f32; 3 * n];
     for (i, p) in crop.pixels().enumerate() {
         for c in 0..3 {
