@@ -25,6 +25,8 @@ enum Reply {
     Truncated(Arc<Vec<u8>>, usize),
     /// This status, empty body.
     Status(u16),
+    /// 200 with this body and no Content-Length (the end is the connection's close).
+    Unannounced(Arc<Vec<u8>>),
 }
 
 struct Server {
@@ -57,6 +59,10 @@ fn handle(mut s: TcpStream, routes: &HashMap<String, Reply>) -> std::io::Result<
             s.write_all(&b[..send])?;
             s.flush()?;
             s.shutdown(std::net::Shutdown::Both)?;
+        }
+        Reply::Unannounced(b) => {
+            write!(s, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")?;
+            s.write_all(&b)?;
         }
         Reply::Status(code) => {
             write!(
@@ -109,7 +115,9 @@ fn mb_pth() -> Arc<Vec<u8>> {
 /// `prefix` (default: the true one of the body). Returns the server and the manifest path.
 fn setup(home: &Path, name: &str, reply: Reply, prefix: Option<&str>) -> (Server, PathBuf) {
     let body_prefix = match &reply {
-        Reply::Body(b) | Reply::Truncated(b, _) => sha256_hex(b)[..8].to_string(),
+        Reply::Body(b) | Reply::Truncated(b, _) | Reply::Unannounced(b) => {
+            sha256_hex(b)[..8].to_string()
+        }
         Reply::Status(_) => "abcdef12".into(),
     };
     let prefix = prefix.map(str::to_string).unwrap_or(body_prefix);
@@ -351,6 +359,37 @@ fn a_connection_dropped_mid_body_is_an_error_and_leaves_nothing_complete() {
     assert_dir_empty(&dir);
     let (_, rows) = list_json(h, &manifest, &dir, &[]);
     assert_eq!(status_of(&rows, "mobilenet_v3_large")["status"], "missing");
+}
+
+#[test]
+fn a_download_larger_than_the_model_can_be_is_cut_off_and_leaves_nothing() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    // A manifest claiming 1000 parameters: at most 8 * 1000 bytes + 1 MiB may come.
+    let cap = 8 * 1000 + (1 << 20);
+    let body = Arc::new(vec![7u8; 2 << 20]);
+    for reply in [Reply::Body(body.clone()), Reply::Unannounced(body.clone())] {
+        let announced = matches!(reply, Reply::Body(_));
+        let (_server, manifest) = setup(h, "big.safetensors", reply, None);
+        let mut m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+        for e in m["models"].as_array_mut().unwrap() {
+            e["num_params"] = 1000.into();
+        }
+        std::fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+        let dir = h.join("w");
+        let o = fetch_mb(h, &manifest, &dir, &[]);
+        assert_eq!(code(&o), exit_code::WEIGHTS, "{}", stderr(&o));
+        let err = stderr(&o);
+        assert!(err.contains("download_failed"), "{err}");
+        assert!(err.contains(&format!("more than the {cap} bytes")), "{err}");
+        if announced {
+            assert!(err.contains(&format!("announces {}", 2 << 20)), "{err}");
+        } else {
+            assert!(err.contains("sent over"), "{err}");
+        }
+        assert_dir_empty(&dir);
+    }
 }
 
 #[test]

@@ -310,6 +310,13 @@ fn progress_bar(len: Option<u64>, show: bool, msg: String) -> ProgressBar {
     pb
 }
 
+/// Most bytes a download of `entry` may have: its parameters at 8 bytes each (twice the f32
+/// state_dict, which also holds BatchNorm statistics and pickle/zip or safetensors headers), plus
+/// 1 MiB. A mirror sending more (an endless or wrong file) is cut off before it fills the disk.
+pub fn max_download_bytes(entry: &ModelEntry) -> u64 {
+    entry.num_params.saturating_mul(8).saturating_add(1 << 20)
+}
+
 /// Download `entry.url` into a temp file in `dir`, hashing as it goes. Returns the file, its sha256, its size.
 fn download(
     entry: &ModelEntry,
@@ -328,6 +335,20 @@ fn download(
     tracing::info!(model = kind.name(), url, dir = %dir.display(), "downloading weights");
     let mut resp = agent.get(url).call().map_err(|e| download_err(url, e))?;
     let expected = resp.body().content_length();
+    let cap = max_download_bytes(entry);
+    let too_large = |what: String| {
+        download_err(
+            url,
+            format!(
+                "{what}, more than the {cap} bytes a state_dict of {} parameters can take; \
+                 not downloaded further",
+                entry.num_params
+            ),
+        )
+    };
+    if let Some(n) = expected.filter(|&n| n > cap) {
+        return Err(too_large(format!("the server announces {n} bytes")));
+    }
     let mut reader = resp.body_mut().as_reader();
     let mut tmp = temp_in(dir, kind, ".download")?;
     let pb = progress_bar(expected, show_progress, kind.name().to_string());
@@ -352,6 +373,10 @@ fn download(
             .map_err(|e| io_err("write", tmp.path(), e))?;
         total += n as u64;
         pb.inc(n as u64);
+        if total > cap {
+            pb.abandon();
+            return Err(too_large(format!("the server sent over {total} bytes")));
+        }
     }
     pb.finish_and_clear();
     if let Some(exp) = expected {
