@@ -59,6 +59,10 @@ pub struct BenchArgs {
     #[arg(long, env = "IMGCLASS_BENCH_RANDOM_WEIGHTS")]
     pub random_weights: bool,
 
+    /// Also print every iteration's time (`times_ms`).
+    #[arg(long, env = "IMGCLASS_BENCH_TIMES")]
+    pub times: bool,
+
     /// Image file for `--stage preprocess`.
     #[arg(long, env = "IMGCLASS_BENCH_IMAGE", value_name = "FILE")]
     pub image: Option<PathBuf>,
@@ -176,7 +180,7 @@ fn bench_forward(args: &BenchArgs) -> Result<serde_json::Value> {
         }
     }
     let s = Summary::of(&times).ok_or_else(|| Error::Internal("no timed iterations".into()))?;
-    Ok(serde_json::json!({
+    let mut v = serde_json::json!({
         "stage": "forward",
         "model": args.model.name(),
         "batch": batch,
@@ -187,7 +191,19 @@ fn bench_forward(args: &BenchArgs) -> Result<serde_json::Value> {
         "load_ms": round3(load.as_secs_f64() * 1e3),
         "forward_ms": summary_json(&s),
         "per_image_ms": round3(s.median_ms / batch as f64),
-    }))
+    });
+    if args.times {
+        v["times_ms"] = times_json(&times);
+    }
+    Ok(v)
+}
+
+fn times_json(times: &[Duration]) -> serde_json::Value {
+    times
+        .iter()
+        .map(|d| round3(d.as_secs_f64() * 1e3))
+        .collect::<Vec<_>>()
+        .into()
 }
 
 fn bench_preprocess(args: &BenchArgs) -> Result<serde_json::Value> {
@@ -217,7 +233,7 @@ fn bench_preprocess(args: &BenchArgs) -> Result<serde_json::Value> {
     let none = || Error::Internal("no timed iterations".into());
     let s = Summary::of(&total).ok_or_else(none)?;
     let med = |v: &[Duration]| Summary::of(v).map(|s| round3(s.median_ms));
-    Ok(serde_json::json!({
+    let mut v = serde_json::json!({
         "stage": "preprocess",
         "image": path.display().to_string(),
         "bytes": bytes.len(),
@@ -230,7 +246,11 @@ fn bench_preprocess(args: &BenchArgs) -> Result<serde_json::Value> {
             "resize_crop": med(&resize),
             "normalize": med(&norm),
         },
-    }))
+    });
+    if args.times {
+        v["times_ms"] = times_json(&total);
+    }
+    Ok(v)
 }
 
 #[cfg(test)]
@@ -264,6 +284,7 @@ mod tests {
             warmup: 0,
             weights_dir: None,
             random_weights: true,
+            times: true,
             image: None,
         };
         let err = run(args).unwrap_err();
@@ -281,6 +302,7 @@ mod tests {
             warmup: 0,
             weights_dir: Some(dir.path().to_path_buf()),
             random_weights: false,
+            times: false,
             image: None,
         };
         let err = run(args).unwrap_err();
@@ -297,11 +319,13 @@ mod tests {
             warmup: 0,
             weights_dir: None,
             random_weights: true,
+            times: true,
             image: None,
         };
         let v = bench_forward(&args).unwrap();
         assert_eq!(v["model"], "mobilenet_v3_large");
         assert_eq!(v["batch"], 2);
         assert!(v["forward_ms"]["median"].as_f64().unwrap() > 0.0);
+        assert_eq!(v["times_ms"].as_array().unwrap().len(), 1);
     }
 }

@@ -52,7 +52,8 @@ ITERS = {
 def summarize(times_s: list[float], batch: int) -> dict:
     ms = sorted(t * 1e3 for t in times_s)
     med = statistics.median(ms)
-    return {"median_ms": med, "min_ms": ms[0], "max_ms": ms[-1], "per_image_ms": med / batch}
+    return {"median_ms": med, "min_ms": ms[0], "max_ms": ms[-1], "per_image_ms": med / batch,
+            "times_ms": ms}
 
 
 def worker_prepare(model: str, batches: list[int], out: Path) -> None:
@@ -151,6 +152,9 @@ def main() -> None:
     p.add_argument("--batches", default="1,8")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--iters-scale", type=float, default=1.0)
+    p.add_argument("--rounds", type=int, default=3,
+                   help="alternate the three engines this many times per row (spreads machine noise "
+                        "over all of them); the figures are over all rounds' iterations")
     p.add_argument("--out", help="also write the results as JSON here")
     a = p.parse_args()
     models = a.models.split(",")
@@ -169,22 +173,29 @@ def main() -> None:
             for b in batches:
                 warm, iters = ITERS.get((model, b), (2, 10))
                 iters = max(3, round(iters * a.iters_scale))
-                row = {"model": model, "batch": b, "threads": a.threads, "iters": iters}
-                for eng in ("torch", "ort"):
-                    common.log(f"{model} batch {b}: {eng}")
-                    row[eng] = run_json([py, me, "--worker", eng, "--model", model, "--batches", str(b),
-                                         "--threads", str(a.threads), "--warmup", str(warm),
-                                         "--iters", str(iters), "--dir", tmp], env)
-                common.log(f"{model} batch {b}: imgclass")
-                r = run_json([binary, "bench", "--model", model, "--batch", str(b), "--iters", str(iters),
-                              "--warmup", str(warm), "--weights-dir", tmp], env)
-                f = r["forward_ms"]
-                row["imgclass"] = {"median_ms": f["median"], "min_ms": f["min"], "max_ms": f["max"],
-                                   "per_image_ms": r["per_image_ms"]}
+                row = {"model": model, "batch": b, "threads": a.threads, "iters": iters,
+                       "rounds": a.rounds}
+                per_round = max(1, iters // a.rounds)
+                times: dict[str, list[float]] = {"torch": [], "ort": [], "imgclass": []}
+                for rnd in range(a.rounds):
+                    for eng in ("torch", "ort"):
+                        common.log(f"{model} batch {b} round {rnd + 1}/{a.rounds}: {eng}")
+                        r = run_json([py, me, "--worker", eng, "--model", model, "--batches", str(b),
+                                      "--threads", str(a.threads), "--warmup", str(warm),
+                                      "--iters", str(per_round), "--dir", tmp], env)
+                        times[eng] += r["times_ms"]
+                        row[f"{eng}_version"] = r["version"]
+                    common.log(f"{model} batch {b} round {rnd + 1}/{a.rounds}: imgclass")
+                    r = run_json([binary, "bench", "--model", model, "--batch", str(b), "--iters",
+                                  str(per_round), "--warmup", str(warm), "--weights-dir", tmp,
+                                  "--times"], env)
+                    times["imgclass"] += r["times_ms"]
+                for eng, t in times.items():
+                    row[eng] = summarize([x / 1e3 for x in t], b)
                 results.append(row)
 
     print(f"\nMachine: {common.machine()}; {a.threads} threads, fp32, random weights\n")
-    tv, ov = results[0]["torch"]["version"], results[0]["ort"]["version"]
+    tv, ov = results[0]["torch_version"], results[0]["ort_version"]
     print(f"| model | batch | PyTorch {tv} eager ms/img | ONNX Runtime {ov} ms/img "
           "| imgclass ms/img | imgclass / ORT | imgclass / PyTorch |")
     print("|---|---:|---:|---:|---:|---:|---:|")
