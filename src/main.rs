@@ -120,6 +120,8 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<i32> {
 }
 
 fn main() {
+    // Before any thread starts: keep candle's own spinning pool from competing with rayon's.
+    imgclass::ops::configure_threads();
     let (cli, matches) = match cli::parse_from(std::env::args_os()) {
         Ok(parsed) => parsed,
         Err(e) => {

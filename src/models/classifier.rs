@@ -66,10 +66,11 @@ impl Classifier {
             )));
         }
         let x = batch.to_dtype(DType::F32)?.contiguous()?;
-        let y = match &self.net {
-            Net::ResNet(m) => m.forward(&x)?,
-            Net::MobileNetV3(m) => m.forward(&x)?,
-        };
+        // The whole pass runs on rayon's pool, so each of its ~150 parallel kernels starts at once.
+        let y = crate::ops::in_pool(|| match &self.net {
+            Net::ResNet(m) => m.forward(&x),
+            Net::MobileNetV3(m) => m.forward(&x),
+        })?;
         Ok(y)
     }
 

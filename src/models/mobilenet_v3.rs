@@ -4,7 +4,7 @@
 //! (Conv2dNormActivation), `features.N.block.K.fc1/fc2` (SqueezeExcitation), `features.16.{0,1}`
 //! (last conv), `classifier.0` / `classifier.3` (Linear; `.1` Hardswish and `.2` Dropout have no weights).
 
-use super::{global_avg_pool, hardsigmoid, hardswish, ConvBnConfig, FoldedConv};
+use super::{global_avg_pool, hardswish, ConvBnConfig, FoldedConv};
 use crate::ops::{self, Activation, ConvParams};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
@@ -307,7 +307,8 @@ impl Module for SqueezeExcitation {
             Activation::None,
             None,
         )?;
-        x.broadcast_mul(&hardsigmoid(&s)?)
+        // x * hardsigmoid(s), in one pass.
+        ops::se_scale(x, &s)
     }
 }
 

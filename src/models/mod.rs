@@ -160,15 +160,10 @@ impl candle_core::Module for FoldedConv {
 
 /// Global average pooling `[N,C,H,W] -> [N,C]`.
 pub(crate) fn global_avg_pool(x: &Tensor) -> CResult<Tensor> {
-    x.flatten_from(2)?.mean(2)
+    crate::ops::global_avg_pool(x)
 }
 
 /// torch.nn.Hardswish outside a convolution: `x * relu6(x + 3) / 6`.
 pub(crate) fn hardswish(x: &Tensor) -> CResult<Tensor> {
     x.mul(&((x + 3.0)?.clamp(0f32, 6f32)? / 6.0)?)
-}
-
-/// torch.nn.Hardsigmoid: `relu6(x + 3) / 6`.
-pub(crate) fn hardsigmoid(x: &Tensor) -> CResult<Tensor> {
-    (x + 3.0)?.clamp(0f32, 6f32)? / 6.0
 }

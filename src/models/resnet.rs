@@ -224,11 +224,8 @@ impl ResNet {
 impl Module for ResNet {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = self.conv1.forward(x)?;
-        // maxpool(3, stride 2, padding 1): the input is post-ReLU (>= 0), so zero padding is exact.
-        let mut x = x
-            .pad_with_zeros(2, 1, 1)?
-            .pad_with_zeros(3, 1, 1)?
-            .max_pool2d_with_stride(3, 2)?;
+        // torchvision's maxpool: MaxPool2d(kernel_size=3, stride=2, padding=1).
+        let mut x = crate::ops::max_pool2d(&x, 3, 2, 1)?;
         for b in &self.blocks {
             x = b.forward(&x)?;
         }

@@ -93,12 +93,13 @@ fn tune_allocator() {
     }
 }
 
-/// Size candle's / rayon's compute pool (and gemm's) to the threads we may use, so inference
-/// does not oversubscribe the CPUs.
+/// Size rayon's compute pool (which runs every kernel in `ops`, and gemm's) to the threads we may
+/// use, so inference does not oversubscribe the CPUs. candle's own elementwise pool is kept to one
+/// thread by `ops::configure_threads` (called first thing in `main`).
 fn configure_compute_threads(n: usize) {
     let n = n.max(1);
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+    crate::ops::configure_threads();
     if rayon::ThreadPoolBuilder::new()
         .num_threads(n)
         .thread_name(|i| format!("imgclass-compute-{i}"))
