@@ -12,9 +12,11 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from contextlib import contextmanager
+from typing import Iterator, Protocol
 
-from harness import NOT_AN_IMAGE, Image, Response, classify, metric_sum, metrics, multipart, request, sample_images
+from harness import NOT_AN_IMAGE, Image, Nginx, Response, free_port, classify, metric_sum, metrics, multipart, request, sample_images
+from ingress_nginx import render
 from recorder import Recorder, Recorded
 
 
@@ -58,6 +60,28 @@ class Topology:
             self.env_a = None
         else:
             self.env_b = None
+
+
+@contextmanager
+def behind_ingress(ingress, full_a: Pod, full_b: Pod, lite: Pod, recorder: Recorder, prefix) -> Iterator[Topology]:
+    """A real nginx, rendered from the Ingress, in front of the two full pods, with the recorder (in
+    front of lite) as its fallback upstream; yields the Topology and stops nginx afterwards."""
+    port = free_port()
+    conf = render(
+        ingress,
+        listen_port=port,
+        full_upstreams=[f"127.0.0.1:{full_a.port}", f"127.0.0.1:{full_b.port}"],
+        lite_upstream=f"127.0.0.1:{recorder.port}",
+        prefix=prefix,
+    )
+    nginx = Nginx(conf, prefix, port).start()
+    try:
+        t = Topology(full_a, full_b, lite, recorder, port, ingress.read_timeout_s, env_a={}, env_b={})
+        yield t
+        for note in t.notes:
+            print(note)
+    finally:
+        nginx.stop()
 
 
 def lite_records(topo: Topology, resp: Response) -> list[Recorded]:

@@ -17,8 +17,7 @@ import time
 import pytest
 
 import fallback as fb
-from harness import ROOT, Nginx, free_port, request, require_tool
-from ingress_nginx import render
+from harness import ROOT, free_port, request, require_tool
 from recorder import Recorder
 
 TAG = "e2e"
@@ -101,29 +100,14 @@ def topo(images, ingress, tmp_path_factory):
     full_a = ContainerPod(f"{RUN_ID}-full-a", f"imgclass-full:{TAG}", RUN_ID, free_port())
     full_b = ContainerPod(f"{RUN_ID}-full-b", f"imgclass-full:{TAG}", RUN_ID, free_port())
     pods = [lite, full_a, full_b]
-    nginx = None
     recorder = None
     try:
         for p in pods:
             p.restart()
         recorder = Recorder("127.0.0.1", lite.port).start()
-        port = free_port()
-        prefix = tmp_path_factory.mktemp("nginx-docker")
-        conf = render(
-            ingress,
-            listen_port=port,
-            full_upstreams=[f"127.0.0.1:{full_a.port}", f"127.0.0.1:{full_b.port}"],
-            lite_upstream=f"127.0.0.1:{recorder.port}",
-            prefix=prefix,
-        )
-        nginx = Nginx(conf, prefix, port).start()
-        t = fb.Topology(full_a, full_b, lite, recorder, port, ingress.read_timeout_s, env_a={}, env_b={})
-        yield t
-        for note in t.notes:
-            print(note)
+        with fb.behind_ingress(ingress, full_a, full_b, lite, recorder, tmp_path_factory.mktemp("nginx-docker")) as t:
+            yield t
     finally:
-        if nginx is not None:
-            nginx.stop()
         if recorder is not None:
             recorder.stop()
         for p in pods:

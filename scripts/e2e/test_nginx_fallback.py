@@ -8,8 +8,7 @@ from __future__ import annotations
 import pytest
 
 import fallback as fb
-from harness import Nginx, Server, free_port, require_tool
-from ingress_nginx import render
+from harness import Server, free_port, require_tool
 from recorder import Recorder
 
 
@@ -22,27 +21,12 @@ def topo(binary, weights_dir, ingress, tmp_path_factory):
     full_b = Server(binary, weights_dir, "full", free_port(), logdir, "full-b").start()
     procs = [lite, full_a, full_b]
     recorder = Recorder("127.0.0.1", lite.port).start()
-    nginx = None
     try:
         for p in procs:
             p.wait_ready()
-        port = free_port()
-        prefix = tmp_path_factory.mktemp("nginx")
-        conf = render(
-            ingress,
-            listen_port=port,
-            full_upstreams=[f"127.0.0.1:{full_a.port}", f"127.0.0.1:{full_b.port}"],
-            lite_upstream=f"127.0.0.1:{recorder.port}",
-            prefix=prefix,
-        )
-        nginx = Nginx(conf, prefix, port).start()
-        t = fb.Topology(full_a, full_b, lite, recorder, port, ingress.read_timeout_s, env_a={}, env_b={})
-        yield t
-        for note in t.notes:
-            print(note)
+        with fb.behind_ingress(ingress, full_a, full_b, lite, recorder, tmp_path_factory.mktemp("nginx")) as t:
+            yield t
     finally:
-        if nginx is not None:
-            nginx.stop()
         recorder.stop()
         for p in procs:
             p.kill()
