@@ -15,6 +15,7 @@
 //! [`pool`] has the other ops of the two networks (global average pooling, SqueezeExcitation's
 //! scaling, max pooling) on the same rayon pool.
 
+pub mod alloc;
 mod cpu;
 pub mod dense;
 pub mod depthwise;

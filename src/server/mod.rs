@@ -43,7 +43,8 @@ use tokio::sync::oneshot;
 /// Run the server until SIGTERM/SIGINT (then drain and return `Ok`).
 pub fn run(args: ServeArgs) -> Result<()> {
     let settings = Settings::from_args(&args)?;
-    tune_allocator();
+    // before any other thread starts: see `release_memory_when_idle`
+    crate::ops::alloc::use_single_arena();
     logging::init(settings.json_logs, &settings.log)?;
     configure_compute_threads(settings.threads);
     log_settings(&settings);
@@ -61,35 +62,37 @@ pub fn run(args: ServeArgs) -> Result<()> {
     result
 }
 
-/// glibc's malloc raises its mmap threshold dynamically, after which freed activation tensors
-/// and request bodies stay in the heap: RSS after a burst of load never comes down (measured, lite,
-/// 32 clients: 36 MB after warm-up, 104 MB for good after the burst). A fixed 128 KiB threshold
-/// keeps every large buffer mmapped, so it goes back to the OS when freed (36 MB again after the
-/// burst, and no slower). glibc reads the setting only at process start, so the server re-executes
-/// itself once (same PID, same arguments) with `MALLOC_MMAP_THRESHOLD_=131072`, unless the
-/// environment already tunes malloc (`MALLOC_MMAP_THRESHOLD_` or `GLIBC_TUNABLES` set).
-fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        use std::os::unix::process::CommandExt;
-        const VAR: &str = "MALLOC_MMAP_THRESHOLD_";
-        if std::env::var_os(VAR).is_some() || std::env::var_os("GLIBC_TUNABLES").is_some() {
-            return;
+/// How often the server checks whether it went idle after traffic (see [`release_memory_when_idle`]).
+const IDLE_TRIM_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Give freed memory back to the OS once traffic stops.
+///
+/// Under load the allocator keeps freed activation tensors and decode buffers and reuses them
+/// (policy and measurements in `ops::alloc`). When no request has been in flight for a whole
+/// interval after some traffic, `malloc_trim` hands the free pages back (one arena for all
+/// threads, set at start, so that this reaches all of them): RSS after a burst returns to its
+/// steady level.
+async fn release_memory_when_idle(state: Arc<AppState>) {
+    let mut trimmed_at = state.admission.admitted();
+    let mut idle_since: Option<u64> = None;
+    loop {
+        tokio::time::sleep(IDLE_TRIM_INTERVAL).await;
+        let admitted = state.admission.admitted();
+        if admitted == trimmed_at || !state.admission.is_idle() {
+            idle_since = None;
+            continue;
         }
-        let Ok(exe) = std::env::current_exe() else {
-            return;
-        };
-        let mut argv = std::env::args_os();
-        let Some(arg0) = argv.next() else {
-            return;
-        };
-        let err = std::process::Command::new(exe)
-            .arg0(arg0)
-            .args(argv)
-            .env(VAR, "131072")
-            .exec();
-        // exec only returns on failure: carry on with the default allocator settings
-        eprintln!("imgclass: cannot re-execute with {VAR} set ({err}); continuing");
+        // idle now; trim if it stayed idle (no new request) for a whole interval
+        if idle_since != Some(admitted) {
+            idle_since = Some(admitted);
+            continue;
+        }
+        let released = tokio::task::spawn_blocking(crate::ops::alloc::release_free_memory)
+            .await
+            .unwrap_or(false);
+        tracing::debug!(released, "idle: returned free memory to the OS");
+        trimmed_at = admitted;
+        idle_since = None;
     }
 }
 
@@ -165,6 +168,7 @@ async fn serve(settings: Settings) -> Result<()> {
     tracing::info!(addr = %local, "listening on http://{local}");
 
     let state = Arc::new(AppState::new(settings.clone(), metrics));
+    tokio::spawn(release_memory_when_idle(state.clone()));
     let (fatal_tx, mut fatal_rx) = oneshot::channel::<Error>();
     tokio::spawn(load_and_warm(state.clone(), fatal_tx));
 

@@ -5,7 +5,7 @@ use super::engine::Engine;
 use super::metrics::Metrics;
 use super::status::ApiError;
 use prometheus::IntGauge;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -93,9 +93,12 @@ impl AppState {
 /// wait for a slot, anything beyond is refused at once (503 `overloaded`).
 pub struct Admission {
     slots: Arc<Semaphore>,
+    max_concurrent: usize,
     waiting: AtomicUsize,
     queue_depth: usize,
     gauge: IntGauge,
+    /// Requests admitted so far (for noticing that traffic happened since some moment).
+    admitted: AtomicU64,
 }
 
 struct WaitGuard<'a>(&'a Admission);
@@ -111,15 +114,29 @@ impl Admission {
     pub fn new(max_concurrent: usize, queue_depth: usize, gauge: IntGauge) -> Admission {
         Admission {
             slots: Arc::new(Semaphore::new(max_concurrent)),
+            max_concurrent,
             waiting: AtomicUsize::new(0),
             queue_depth,
             gauge,
+            admitted: AtomicU64::new(0),
         }
+    }
+
+    /// Requests admitted since start.
+    pub fn admitted(&self) -> u64 {
+        self.admitted.load(Ordering::SeqCst)
+    }
+
+    /// No request is being processed or waiting for a slot.
+    pub fn is_idle(&self) -> bool {
+        self.waiting.load(Ordering::SeqCst) == 0
+            && self.slots.available_permits() == self.max_concurrent
     }
 
     /// A processing slot, waiting for one until `deadline` if the queue has room.
     pub async fn admit(&self, deadline: Instant) -> Result<OwnedSemaphorePermit, ApiError> {
         if let Ok(p) = self.slots.clone().try_acquire_owned() {
+            self.admitted.fetch_add(1, Ordering::SeqCst);
             return Ok(p);
         }
         let before = self.waiting.fetch_add(1, Ordering::SeqCst);
@@ -129,7 +146,10 @@ impl Admission {
             return Err(ApiError::Overloaded);
         }
         match tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned()).await {
-            Ok(Ok(p)) => Ok(p),
+            Ok(Ok(p)) => {
+                self.admitted.fetch_add(1, Ordering::SeqCst);
+                Ok(p)
+            }
             Ok(Err(_)) => Err(ApiError::ShuttingDown),
             Err(_) => Err(ApiError::Timeout),
         }
@@ -156,9 +176,13 @@ mod tests {
         // third is over the queue depth: refused at once
         let e = a.admit(far).await.unwrap_err();
         assert_eq!(e.error_type(), "overloaded");
+        assert!(!a.is_idle());
         drop(p1);
         waiter.await.unwrap().unwrap();
         assert_eq!(g.get(), 0);
+        // the refused request was never admitted; the waiter's permit is dropped with its task
+        assert_eq!(a.admitted(), 2);
+        assert!(a.is_idle());
     }
 
     #[tokio::test]
