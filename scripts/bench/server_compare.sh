@@ -9,7 +9,7 @@
 # --profile lite|full` on torchvision's random weights exported to .safetensors (the baseline runs the
 # same architecture with random weights: throughput does not depend on the values).
 # Prints req/s, p99 latency, time from start to first answer, resident memory after warm-up and
-# after the load (VmRSS, summed over the server's processes), and the ratios.
+# right after the load and 2 s later (VmRSS, summed over the server's processes), and the ratios.
 #
 # Needs: wrk, curl, python3; the virtualenv of common.py (IMGCLASS_BENCH_VENV, pip-installs torch
 # torchvision fastapi uvicorn gunicorn pillow); IMGCLASS_BIN or a cargo toolchain. Not run by CI.
@@ -107,6 +107,9 @@ measure() { # name, readiness URL, command...
   wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$WORK/post.lua" "http://127.0.0.1:$PORT/classify" >"$WORK/$name.wrk"
   local rss_load rps p99 errors
   rss_load=$(rss_mb "$SERVER_PID")
+  sleep 2
+  local rss_idle
+  rss_idle=$(rss_mb "$SERVER_PID")
   rps=$(awk '/^Requests\/sec/ {print $2}' "$WORK/$name.wrk")
   p99=$(to_ms "$(awk '$1 == "99%" {print $2}' "$WORK/$name.wrk")")
   errors=$(awk '/Non-2xx/ {print $NF}' "$WORK/$name.wrk")
@@ -115,8 +118,8 @@ measure() { # name, readiness URL, command...
   fi
   kill $(descendants "$SERVER_PID") 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""
   sleep 1
-  RESULTS+=("$name $rps $p99 $startup $rss_warm $rss_load ${errors:-0}")
-  echo "[bench] $name: $rps req/s, p99 $p99 ms, start ${startup}s, RSS $rss_warm / $rss_load MiB, non-2xx ${errors:-0}" >&2
+  RESULTS+=("$name $rps $p99 $startup $rss_warm $rss_load $rss_idle ${errors:-0}")
+  echo "[bench] $name: $rps req/s, p99 $p99 ms, start ${startup}s, RSS $rss_warm / $rss_load / $rss_idle MiB, non-2xx ${errors:-0}" >&2
 }
 
 baseline() { # model
@@ -137,13 +140,13 @@ want imgclass_full && measure imgclass_full "http://127.0.0.1:$PORT/readyz" \
 echo
 echo "Machine: $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(nproc) CPUs; wrk -c$CONNECTIONS -d${DURATION}s, 640x480 JPEG"
 echo
-echo "| server | req/s | p99 ms | start to first answer s | RSS warm MiB | RSS after load MiB | non-2xx |"
-echo "|---|---:|---:|---:|---:|---:|---:|"
+echo "| server | req/s | p99 ms | start to first answer s | RSS warm MiB | RSS right after load MiB | RSS 2 s later MiB | non-2xx |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|"
 declare -A RPS=([fastapi_mobilenet]=0 [imgclass_lite]=0 [fastapi_wrn]=0 [imgclass_full]=0) P99=([fastapi_mobilenet]=0 [imgclass_lite]=0 [fastapi_wrn]=0 [imgclass_full]=0)
 for r in "${RESULTS[@]}"; do
-  read -r name rps p99 st rw rl err <<<"$r"
+  read -r name rps p99 st rw rl ri err <<<"$r"
   RPS[$name]=$rps; P99[$name]=$p99
-  echo "| $name | $rps | $p99 | $st | $rw | $rl | $err |"
+  echo "| $name | $rps | $p99 | $st | $rw | $rl | $ri | $err |"
 done
 echo
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
