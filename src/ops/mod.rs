@@ -10,10 +10,12 @@
 //! - dense `groups == 1`: GEMM through the `gemm` crate ([`dense`]): 1x1 stride 1 reads the input in
 //!   place, strided 1x1 and kxk go through im2col; bias, residual and activation fused into one pass
 //!   over the GEMM output;
-//! - dense 3x3 stride 1 where it is faster ([`winograd::choose`]): Winograd F(4x4,3x3) / F(2x2,3x3)
+//! - dense 3x3 stride 1 where it is faster ([`winograd::choose`]): Winograd F(2x2,3x3)
 //!   ([`winograd`]), its transformed weights kept in a [`PreparedWeight`] (pass one to
 //!   [`conv2d_prepared`]; plain [`conv2d`] transforms the weight on every call).
-//!   `IMGCLASS_WINOGRAD=0` in the environment (read once) turns it off: the A/B switch for benchmarks;
+//!   `IMGCLASS_WINOGRAD=0` in the environment (read once) turns it off (the A/B switch for
+//!   benchmarks); `IMGCLASS_WINOGRAD=f4` also uses F(4x4,3x3) from 28x28 up (a little faster,
+//!   3x the rounding error);
 //! - anything else (other grouped convolutions, non-f32, non-CPU): the plain candle reference.
 //!
 //! [`pool`] has the other ops of the two networks (global average pooling, SqueezeExcitation's

@@ -73,22 +73,49 @@ const G4: [[f64; 3]; 6] = [
 ];
 
 /// The Winograd variant for a dense 3x3 stride-1 convolution of these sizes, or `None` where the
-/// im2col + GEMM path is faster. Chosen from `cargo bench --bench conv_kernels` on the WRN layers
-/// (2 vCPU, AVX-512): see the comments inside.
+/// im2col + GEMM path is faster.
+///
+/// Measured on the WRN layers (single-thread on-CPU time per image in ms, interleaved A/B on a busy
+/// 2-vCPU AVX-512 box, `ops::conv2d_with_kernel`), im2col / F(2,3) / F(4,3):
+/// - batch 1: 56^2x128 8.8/4.7/4.0, 28^2x256 6.6/4.5/4.0, 14^2x512 6.7/5.3/7.7, 7^2x1024 8.4/10.3/23.0;
+/// - batch 8: 56^2 8.3/4.6/4.7, 28^2 7.4/4.7/4.4, 14^2 6.6/4.6/4.5, 7^2 6.6/5.2/4.6.
+///
+/// F(2,3) once the GEMMs have enough tiles (at 7x7 with one image, 16 tiles, the transformed
+/// weight (16/9 of the original) costs more memory traffic than the work saved).
+///
+/// F(4,3) is faster from 28x28 up (10-15% on those layers, ~1.5% of the WRN forward pass) but
+/// triples the logit error of WRN against torchvision (max |dlogit| 9.2e-4 vs 3.5e-4 with F(2,3)
+/// only and 3.2e-4 without Winograd; the parity tolerance is 1e-3), and its weights are 4x the
+/// original (+150 MB per 1024-channel layer): only with `IMGCLASS_WINOGRAD=f4` (from 28x28 up).
 pub fn choose(n: usize, c: usize, o: usize, oh: usize, ow: usize) -> Option<Tile> {
-    let _ = (n, c, o);
-    if oh.min(ow) >= 8 {
-        Some(Tile::F4)
-    } else {
-        None
+    let _ = (c, o);
+    if oh.min(ow) >= 28 && mode() == Mode::WithF4 {
+        return Some(Tile::F4);
     }
+    let tiles = n * oh.div_ceil(2) * ow.div_ceil(2);
+    (tiles >= 49).then_some(Tile::F2)
 }
 
 /// Whether the Winograd kernel may be used: `IMGCLASS_WINOGRAD=0` turns it off (A/B switch for
-/// benchmarks), read once per process.
+/// benchmarks), `IMGCLASS_WINOGRAD=f4` also uses F(4,3) (see [`choose`]); read once per process.
 pub fn enabled() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("IMGCLASS_WINOGRAD").map_or(true, |v| v.trim() != "0"))
+    mode() != Mode::Off
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Off,
+    Auto,
+    WithF4,
+}
+
+fn mode() -> Mode {
+    static MODE: OnceLock<Mode> = OnceLock::new();
+    *MODE.get_or_init(|| match std::env::var("IMGCLASS_WINOGRAD") {
+        Ok(v) if v.trim() == "0" => Mode::Off,
+        Ok(v) if v.trim().eq_ignore_ascii_case("f4") => Mode::WithF4,
+        _ => Mode::Auto,
+    })
 }
 
 /// A convolution weight plus its transformed forms, computed on first use and shared by clones.
@@ -179,8 +206,32 @@ pub(crate) fn transform_weights(w: &[f32], o: usize, c: usize, tile: Tile) -> Ve
 const L: usize = 16;
 /// Tiles per GEMM to aim for: smaller layers put several images into one GEMM.
 const TILE_TARGET: usize = 256;
-/// Upper bound of the transformed input + output of one batch chunk, in floats (64 MiB).
-const CHUNK_BUDGET: usize = 16 << 20;
+/// Upper bound of the transformed input + output of one batch chunk, in floats (32 MiB).
+const CHUNK_BUDGET: usize = 8 << 20;
+
+thread_local! {
+    /// Transformed input and GEMM output, kept between calls on each thread (a fresh buffer of a few
+    /// MiB per call costs page faults and zeroing: a quarter of the run time at 56x56).
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Run `f` on a scratch slice of `len` floats (contents unspecified) reused across calls.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    // A nested call (another forward pass stolen by this rayon thread while it waits) finds the
+    // cell empty and uses its own buffer.
+    let mut buf = SCRATCH.with(|s| s.take());
+    if buf.len() < len {
+        buf = vec![0f32; len];
+    }
+    let r = f(&mut buf[..len]);
+    SCRATCH.with(|s| {
+        let mut cur = s.borrow_mut();
+        if cur.len() < buf.len() {
+            *cur = buf;
+        }
+    });
+    r
+}
 
 /// `act(conv3x3(x, w) + bias [+ res])` with `u` = [`transform_weights`] of `w` for `tile`.
 pub(crate) fn winograd(
@@ -202,21 +253,55 @@ pub(crate) fn winograd(
         .min(CHUNK_BUDGET / (aa * tpi * (g.c + g.o)).max(1))
         .clamp(1, g.n.max(1));
     let mut out = vec![0f32; g.n * g.o * plane];
-    let mut v = vec![0f32; aa * g.c * nb * tpi];
-    let mut mm = vec![0f32; aa * g.o * nb * tpi];
-    for i0 in (0..g.n).step_by(nb) {
-        let nbi = nb.min(g.n - i0);
-        let t_all = nbi * tpi;
-        let v = &mut v[..aa * g.c * t_all];
-        let mm = &mut mm[..aa * g.o * t_all];
-        v.par_chunks_mut(aa * t_all)
+    // Rows of V are `t_all + L` long: the input transform stores whole SIMD vectors, the tail
+    // lanes landing on tiles written later or in the padding. M gets `L` floats of slack at the
+    // end, so the output transform can load whole vectors too.
+    let v_len = aa * g.c * (nb * tpi + L);
+    let m_len = aa * g.o * nb * tpi + L;
+    with_scratch(v_len + m_len, |scratch| {
+        let (v, mm) = scratch.split_at_mut(v_len);
+        for i0 in (0..g.n).step_by(nb) {
+            let nbi = nb.min(g.n - i0);
+            let out = &mut out[i0 * g.o * plane..][..nbi * g.o * plane];
+            chunk(x, u, tile, bias, res, act, g, i0, nbi, v, mm, out);
+        }
+    });
+    out
+}
+
+/// One batch chunk: images `i0..i0 + nb`, output planes `out`.
+#[allow(clippy::too_many_arguments)]
+fn chunk(
+    x: &[f32],
+    u: &[f32],
+    tile: Tile,
+    bias: Option<&[f32]>,
+    res: Option<&[f32]>,
+    act: Activation,
+    g: &Geometry,
+    i0: usize,
+    nbi: usize,
+    v: &mut [f32],
+    mm: &mut [f32],
+    out: &mut [f32],
+) {
+    let aa = tile.a() * tile.a();
+    let (ntx, nty) = (g.ow.div_ceil(tile.m()), g.oh.div_ceil(tile.m()));
+    let plane = g.oh * g.ow;
+    let t_all = nbi * ntx * nty;
+    let vs = t_all + L;
+    {
+        let v = &mut v[..aa * g.c * vs];
+        let mm = &mut mm[..aa * g.o * t_all + L];
+        v.par_chunks_mut(aa * vs)
             .enumerate()
             .for_each(|(c, dst)| match tile {
                 Tile::F2 => input_f2(x, g, i0, nbi, c, dst),
                 Tile::F4 => input_f4(x, g, i0, nbi, c, dst),
             });
         let v = &*v;
-        mm.par_chunks_mut(g.o * t_all)
+        mm[..aa * g.o * t_all]
+            .par_chunks_mut(g.o * t_all)
             .enumerate()
             .for_each(|(e, dst)| {
                 gemm_strided(
@@ -224,15 +309,14 @@ pub(crate) fn winograd(
                     t_all,
                     g.c,
                     &u[e * g.o * g.c..][..g.o * g.c],
-                    &v[e * t_all..],
-                    aa * t_all,
+                    &v[e * vs..],
+                    aa * vs,
                     dst,
                 )
             });
         let mm = &*mm;
         let job = OutJob { mm, t_all, g, act };
-        out[i0 * g.o * plane..][..nbi * g.o * plane]
-            .par_chunks_mut(plane)
+        out.par_chunks_mut(plane)
             .enumerate()
             .for_each(|(idx, dst)| {
                 let (j, oc) = (idx / g.o, idx % g.o);
@@ -244,7 +328,6 @@ pub(crate) fn winograd(
                 }
             });
     }
-    out
 }
 
 /// Read-only operands of the output transform.
@@ -306,6 +389,18 @@ struct V([f32; L]);
 
 impl V {
     const ZERO: V = V([0.0; L]);
+
+    #[inline(always)]
+    fn load(s: &[f32]) -> V {
+        let mut v = [0f32; L];
+        v.copy_from_slice(&s[..L]);
+        V(v)
+    }
+
+    #[inline(always)]
+    fn store(&self, d: &mut [f32]) {
+        d[..L].copy_from_slice(&self.0);
+    }
 }
 
 impl Add for V {
@@ -391,52 +486,45 @@ fn input_channel<const A: usize, const M: usize>(
 ) {
     let (ntx, nty) = (g.ow.div_ceil(M), g.oh.div_ceil(M));
     let tpi = ntx * nty;
-    let t_all = nb * tpi;
+    let vs = nb * tpi + L;
     let chunks = ntx.div_ceil(L);
-    // Zero-padded input rows: rows[r][q] = x[ty*M + r - pad][q - pad]; wide enough for all lanes.
-    let pw = chunks * L * M + A - M;
-    let mut rows = vec![0f32; A * pw];
+    // Zero-padded input row: row[q] = x[ty*M + r - pad][q - pad], wide enough for all lanes, then
+    // split by phase: ph[r][p][k] = row[k*M + p], so that the value `col` of the 16 tiles from
+    // `tx0` on, row[(tx0 + l)*M + col], is the contiguous ph[r][col % M][tx0 + col / M + l].
+    let pl = chunks * L + 1;
+    let mut tb = [0f32; 36 * L];
+    let mut ph = vec![0f32; A * M * pl];
     let plane = g.h * g.w;
     let (pad, w) = (g.pad, g.w);
     for j in 0..nb {
         let src = &x[((i0 + j) * g.c + c) * plane..][..plane];
         for ty in 0..nty {
-            for (r, row) in rows.chunks_mut(pw).enumerate() {
+            for (r, phr) in ph.chunks_mut(M * pl).enumerate() {
                 let iy = ty * M + r;
                 if iy < pad || iy - pad >= g.h {
-                    row.fill(0.0);
-                } else {
-                    row[..pad].fill(0.0);
-                    row[pad..pad + w].copy_from_slice(&src[(iy - pad) * w..][..w]);
-                    row[pad + w..].fill(0.0);
+                    phr.fill(0.0);
+                    continue;
                 }
+                deinterleave_padded::<M>(&src[(iy - pad) * w..][..w], pad, phr, pl);
             }
             for ch in 0..chunks {
                 let tx0 = ch * L;
-                let lanes = L.min(ntx - tx0);
-                let mut d = [[V::ZERO; A]; A];
-                for (r, dr) in d.iter_mut().enumerate() {
-                    let row = &rows[r * pw + tx0 * M..][..L * M + A - M];
-                    for (col, dc) in dr.iter_mut().enumerate() {
-                        for (l, v) in dc.0.iter_mut().enumerate() {
-                            *v = row[l * M + col];
-                        }
-                    }
-                }
-                // B^T d B: columns first, then rows.
-                let mut t = [[V::ZERO; A]; A];
-                for col in 0..A {
-                    let cv: [V; A] = std::array::from_fn(|k| d[k][col]);
-                    let r = in1d(&cv);
-                    for i in 0..A {
-                        t[i][col] = r[i];
+                // B^T d B: rows (d B) into `tb[r][col]`, then columns. The intermediate goes
+                // through memory: kept in arrays, LLVM transposes it with gathers.
+                for r in 0..A {
+                    let dr: [V; A] = std::array::from_fn(|col| {
+                        V::load(&ph[(r * M + col % M) * pl + tx0 + col / M..])
+                    });
+                    for (col, v) in in1d(&dr).iter().enumerate() {
+                        v.store(&mut tb[(r * A + col) * L..]);
                     }
                 }
                 let t0 = j * tpi + ty * ntx + tx0;
-                for (i, ti) in t.iter().enumerate() {
-                    let vi = in1d(ti);
-                    for (jj, vv) in vi.iter().enumerate() {
-                        dst[(i * A + jj) * t_all + t0..][..lanes].copy_from_slice(&vv.0[..lanes]);
+                for col in 0..A {
+                    let tc: [V; A] = std::array::from_fn(|r| V::load(&tb[(r * A + col) * L..]));
+                    for (i, v) in in1d(&tc).iter().enumerate() {
+                        // Lanes past the row's last tile land on tiles stored later or in the padding.
+                        v.store(&mut dst[(i * A + col) * vs + t0..]);
                     }
                 }
             }
@@ -460,38 +548,36 @@ fn output_plane<const A: usize, const M: usize>(
     let chunks = ntx.div_ceil(L);
     let rw = chunks * L * M;
     let mut rows = vec![0f32; M * rw];
+    // ph[r][cc][k]: output row r of the tile row, column k*M + cc (interleaved into `rows`).
+    let pl = chunks * L;
+    let mut ph = vec![0f32; M * M * pl];
+    let mut tb = [0f32; 24 * L];
     let ow = g.ow;
     for ty in 0..nty {
         for ch in 0..chunks {
             let tx0 = ch * L;
-            let lanes = L.min(ntx - tx0);
             let t0 = j * tpi + ty * ntx + tx0;
-            let mut mv = [[V::ZERO; A]; A];
-            for (i, mi) in mv.iter_mut().enumerate() {
-                for (jj, v) in mi.iter_mut().enumerate() {
-                    let e = i * A + jj;
-                    let src = &job.mm[(e * g.o + oc) * job.t_all + t0..][..lanes];
-                    v.0[..lanes].copy_from_slice(src);
+            // A^T m A: rows (m A) into `tb[i][cc]` through memory, then columns.
+            for i in 0..A {
+                // Lanes past the row's last tile read other tiles or the slack: unused.
+                let mi: [V; A] = std::array::from_fn(|jj| {
+                    V::load(&job.mm[((i * A + jj) * g.o + oc) * job.t_all + t0..])
+                });
+                let u: [V; M] = out1d(&mi);
+                for (cc, v) in u.iter().enumerate() {
+                    v.store(&mut tb[(i * M + cc) * L..]);
                 }
             }
-            // A^T m A: columns first, then rows.
-            let mut t = [[V::ZERO; A]; M];
-            for col in 0..A {
-                let cv: [V; A] = std::array::from_fn(|k| mv[k][col]);
-                let r: [V; M] = out1d(&cv);
-                for i in 0..M {
-                    t[i][col] = r[i];
+            for cc in 0..M {
+                let uc: [V; A] = std::array::from_fn(|i| V::load(&tb[(i * M + cc) * L..]));
+                let y: [V; M] = out1d(&uc);
+                for (r, v) in y.iter().enumerate() {
+                    v.store(&mut ph[(r * M + cc) * pl + tx0..]);
                 }
             }
-            for (r, tr) in t.iter().enumerate() {
-                let y: [V; M] = out1d(tr);
-                let row = &mut rows[r * rw + tx0 * M..][..L * M];
-                for (cc, yc) in y.iter().enumerate() {
-                    for (l, v) in yc.0.iter().enumerate() {
-                        row[l * M + cc] = *v;
-                    }
-                }
-            }
+        }
+        for (row, phr) in rows.chunks_mut(rw).zip(ph.chunks(M * pl)) {
+            interleave::<M>(phr, row, pl);
         }
         for r in 0..M {
             let oy = ty * M + r;
@@ -505,6 +591,74 @@ fn output_plane<const A: usize, const M: usize>(
                 res.map(|p| &p[oy * ow..][..ow]),
                 job.act,
             );
+        }
+    }
+}
+
+/// `ph[p * pl + k] = row[k * M + p - pad]` for `k < pl`, zero outside `row`.
+#[inline(always)]
+fn deinterleave_padded<const M: usize>(row: &[f32], pad: usize, ph: &mut [f32], pl: usize) {
+    let ph = &mut ph[..pl * M];
+    let w = row.len();
+    let at = |q: usize| {
+        if q >= pad && q - pad < w {
+            row[q - pad]
+        } else {
+            0.0
+        }
+    };
+    // k in lo..hi: every q = k*M + p lies inside the row.
+    let lo = pad.div_ceil(M).min(pl);
+    let hi = ((pad + w + 1).saturating_sub(M) / M).clamp(lo, pl);
+    for k in (0..lo).chain(hi..pl) {
+        for p in 0..M {
+            ph[p * pl + k] = at(k * M + p);
+        }
+    }
+    if hi == lo {
+        return;
+    }
+    let inner = &row[lo * M - pad..][..(hi - lo) * M];
+    let mut parts = ph.chunks_exact_mut(pl);
+    let mut outs: [&mut [f32]; M] =
+        std::array::from_fn(|_| parts.next().map_or(&mut [][..], |s| &mut s[lo..hi]));
+    // Blocks of L values per phase (fixed sizes: shuffles), then the tail.
+    let blocks = (hi - lo) / L;
+    for b in 0..blocks {
+        let blk = &inner[b * L * M..][..L * M];
+        let mut o = [[0f32; L]; M];
+        for l in 0..L {
+            for (p, op) in o.iter_mut().enumerate() {
+                op[l] = blk[l * M + p];
+            }
+        }
+        for (dst, op) in outs.iter_mut().zip(&o) {
+            dst[b * L..][..L].copy_from_slice(op);
+        }
+    }
+    for (i, q) in inner.chunks_exact(M).enumerate().skip(blocks * L) {
+        for (p, o) in outs.iter_mut().enumerate() {
+            o[i] = q[p];
+        }
+    }
+}
+
+/// `row[k * M + p] = ph[p * pl + k]` for `k < pl`.
+#[inline(always)]
+fn interleave<const M: usize>(ph: &[f32], row: &mut [f32], pl: usize) {
+    let row = &mut row[..pl * M];
+    let mut parts = ph[..pl * M].chunks_exact(pl);
+    let ins: [&[f32]; M] = std::array::from_fn(|_| parts.next().unwrap_or(&[]));
+    // `pl` is a multiple of L: blocks of L tiles.
+    for (b, blk) in row.chunks_exact_mut(L * M).enumerate() {
+        let mut i = [[0f32; L]; M];
+        for (ip, src) in i.iter_mut().zip(&ins) {
+            ip.copy_from_slice(&src[b * L..][..L]);
+        }
+        for l in 0..L {
+            for (p, ip) in i.iter().enumerate() {
+                blk[l * M + p] = ip[l];
+            }
         }
     }
 }
