@@ -215,8 +215,9 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Run `f` on a scratch slice of `len` floats (contents unspecified) reused across calls.
-fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+/// Run `f` on a scratch slice of `len` floats (contents unspecified) reused across calls on this
+/// thread (also used by [`super::dense`] for im2col). Keeps the largest buffer requested so far.
+pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     // A nested call (another forward pass stolen by this rayon thread while it waits) finds the
     // cell empty and uses its own buffer.
     let mut buf = SCRATCH.with(|s| s.take());
