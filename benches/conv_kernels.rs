@@ -2,11 +2,13 @@
 //! with the plain candle op (`ops::reference::conv2d`), on layer shapes of the two networks.
 //!
 //! Run: `cargo bench --bench conv_kernels` (filter: `cargo bench --bench conv_kernels -- depthwise`).
+//! The `wrn3x3_batch{1,8}` groups compare, on the 3x3 stride-1 layers of Wide ResNet-50-2, the
+//! Winograd kernels (F(2,3) and F(4,3), weights transformed once), im2col + GEMM and candle.
 //! Set `RAYON_NUM_THREADS` to pin the thread count (the README figures use the machine's 2 cores).
 
 use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use imgclass::ops::{self, Activation, ConvParams};
+use imgclass::ops::{self, winograd::Tile, Activation, ConvParams, Kernel, PreparedWeight};
 use std::time::Duration;
 
 struct Layer {
@@ -110,9 +112,64 @@ fn bench_layers(c: &mut Criterion, batch: usize, group_name: &str) {
     group.finish();
 }
 
+/// Wide ResNet-50-2's 3x3 stride-1 layers (13 of them: 3 at 56^2, 3 at 28^2, 5 at 14^2, 2 at 7^2).
+const WRN_3X3: &[(&str, usize, usize)] = &[
+    ("c3x3_128_56", 128, 56),
+    ("c3x3_256_28", 256, 28),
+    ("c3x3_512_14", 512, 14),
+    ("c3x3_1024_7", 1024, 7),
+];
+
+fn bench_wrn3x3(c: &mut Criterion, batch: usize, group_name: &str, with_candle: bool) {
+    let mut group = c.benchmark_group(group_name);
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    let p = ConvParams {
+        stride: 1,
+        padding: 1,
+        groups: 1,
+    };
+    for &(name, ch, hw) in WRN_3X3 {
+        let x = rand(&[batch, ch, hw, hw]);
+        let w = PreparedWeight::new(rand(&[ch, ch, 3, 3]));
+        let b = rand(&[ch]);
+        let kernels = [
+            ("auto", ops::select_kernel(&x, w.weight(), p)),
+            ("im2col", Kernel::Dense),
+            ("winograd_f2", Kernel::Winograd(Tile::F2)),
+            ("winograd_f4", Kernel::Winograd(Tile::F4)),
+        ];
+        for (label, k) in kernels {
+            // first call transforms the weight (outside the timing)
+            ops::conv2d_with_kernel(k, &x, &w, Some(&b), p, Activation::Relu, None).unwrap();
+            group.bench_function(BenchmarkId::new(label, name), |bch| {
+                bch.iter(|| {
+                    ops::conv2d_with_kernel(k, &x, &w, Some(&b), p, Activation::Relu, None).unwrap()
+                })
+            });
+        }
+        if with_candle {
+            group.bench_function(BenchmarkId::new("candle", name), |bch| {
+                bch.iter(|| {
+                    ops::reference::conv2d(&x, w.weight(), Some(&b), p, Activation::Relu, None)
+                        .unwrap()
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
 fn batch1(c: &mut Criterion) {
     bench_layers(c, 1, "conv_batch1");
 }
 
-criterion_group!(benches, batch1);
+fn wrn3x3(c: &mut Criterion) {
+    bench_wrn3x3(c, 1, "wrn3x3_batch1", true);
+    bench_wrn3x3(c, 8, "wrn3x3_batch8", false);
+}
+
+criterion_group!(benches, batch1, wrn3x3);
 criterion_main!(benches);

@@ -5,7 +5,7 @@
 //! `.downsample.0` (conv1x1) / `.downsample.1` (BatchNorm), `fc`.
 
 use super::{global_avg_pool, ConvBnConfig, FoldedConv};
-use crate::ops::Activation;
+use crate::ops::{self, Activation, PreparedWeight};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
@@ -161,10 +161,31 @@ impl BottleneckConfig {
     }
 }
 
+/// A [`FoldedConv`] whose weight is prepared for the fast kernels: the 3x3 convolutions run as
+/// Winograd where [`ops::select_kernel`] picks it, and their transformed weights are computed once
+/// (on the first forward pass that needs them), not on every call.
+#[derive(Clone, Debug)]
+struct PreparedConv {
+    conv: FoldedConv,
+    weight: PreparedWeight,
+}
+
+impl PreparedConv {
+    fn new(conv: FoldedConv) -> Self {
+        let weight = PreparedWeight::new(conv.weight.clone());
+        Self { conv, weight }
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let c = &self.conv;
+        ops::conv2d_prepared(x, &self.weight, Some(&c.bias), c.params, c.act, None)
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Bottleneck {
     conv1: FoldedConv,
-    conv2: FoldedConv,
+    conv2: PreparedConv,
     conv3: FoldedConv,
     downsample: Option<FoldedConv>,
 }
@@ -181,7 +202,7 @@ impl Bottleneck {
         };
         Ok(Self {
             conv1: FoldedConv::new(vb.pp("conv1"), vb.pp("bn1"), &c1)?,
-            conv2: FoldedConv::new(vb.pp("conv2"), vb.pp("bn2"), &c2)?,
+            conv2: PreparedConv::new(FoldedConv::new(vb.pp("conv2"), vb.pp("bn2"), &c2)?),
             conv3: FoldedConv::new(vb.pp("conv3"), vb.pp("bn3"), &c3)?,
             downsample,
         })

@@ -10,6 +10,7 @@
 //! The epilogue (bias, residual, activation) is one parallel pass over the GEMM output.
 
 use super::cpu::{epilogue, epilogue_inplace};
+use super::winograd::with_scratch;
 use super::{Activation, Geometry};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -38,16 +39,34 @@ pub(crate) fn dense(
     };
     let in_direct = direct && nb == 1;
     let mut out = vec![0f32; g.n * o * p];
-    let mut cols = if in_direct {
-        Vec::new()
-    } else {
-        vec![0f32; kdim * nb * p]
-    };
-    let mut tmp = if nb > 1 {
-        vec![0f32; o * nb * p]
-    } else {
-        Vec::new()
-    };
+    // im2col writes every element of `cols` and the GEMM every element of `tmp`: both live in a
+    // per-thread scratch buffer reused across calls (no zeroing, no page faults per call).
+    let cols_len = if in_direct { 0 } else { kdim * nb * p };
+    let tmp_len = if nb > 1 { o * nb * p } else { 0 };
+    with_scratch(cols_len + tmp_len, |scratch| {
+        let (cols, tmp) = scratch.split_at_mut(cols_len);
+        gemm_chunks(x, wt, bias, res, act, g, nb, in_direct, cols, tmp, &mut out);
+    });
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_chunks(
+    x: &[f32],
+    wt: &[f32],
+    bias: Option<&[f32]>,
+    res: Option<&[f32]>,
+    act: Activation,
+    g: &Geometry,
+    nb: usize,
+    in_direct: bool,
+    cols: &mut [f32],
+    tmp: &mut [f32],
+    out: &mut [f32],
+) {
+    let p = g.oh * g.ow;
+    let kdim = g.c * g.k * g.k;
+    let o = g.o;
     let min_len = (4096 / p.max(1)).max(1);
     for i0 in (0..g.n).step_by(nb) {
         let nbi = nb.min(g.n - i0);
@@ -86,7 +105,6 @@ pub(crate) fn dense(
                 });
         }
     }
-    out
 }
 
 /// `cols[(c*K + kh)*K + kw, j*P + oy*OW + ox] = x[i0 + j, c, oy*s + kh - pad, ox*s + kw - pad]`

@@ -10,6 +10,12 @@
 //! - dense `groups == 1`: GEMM through the `gemm` crate ([`dense`]): 1x1 stride 1 reads the input in
 //!   place, strided 1x1 and kxk go through im2col; bias, residual and activation fused into one pass
 //!   over the GEMM output;
+//! - dense 3x3 stride 1 where it is faster ([`winograd::choose`]): Winograd F(2x2,3x3)
+//!   ([`winograd`]), its transformed weights kept in a [`PreparedWeight`] (pass one to
+//!   [`conv2d_prepared`]; plain [`conv2d`] transforms the weight on every call).
+//!   `IMGCLASS_WINOGRAD=0` in the environment (read once) turns it off (the A/B switch for
+//!   benchmarks); `IMGCLASS_WINOGRAD=f4` also uses F(4x4,3x3) from 28x28 up (a little faster,
+//!   3x the rounding error);
 //! - anything else (other grouped convolutions, non-f32, non-CPU): the plain candle reference.
 //!
 //! [`pool`] has the other ops of the two networks (global average pooling, SqueezeExcitation's
@@ -21,8 +27,10 @@ pub mod dense;
 pub mod depthwise;
 pub mod mmap;
 pub mod pool;
+pub mod winograd;
 
 pub use pool::{global_avg_pool, max_pool2d, se_scale};
+pub use winograd::PreparedWeight;
 
 use candle_core::{DType, Device, Result, Tensor};
 
@@ -70,6 +78,7 @@ pub struct ConvParams {
 pub enum Kernel {
     Depthwise,
     Dense,
+    Winograd(winograd::Tile),
     Reference,
 }
 
@@ -86,12 +95,21 @@ pub fn select_kernel(x: &Tensor, w: &Tensor, p: ConvParams) -> Kernel {
         return Kernel::Reference;
     }
     if p.groups == 1 && ci == c {
-        Kernel::Dense
+        let (n, o) = (x.dims()[0], w.dims()[0]);
+        let (oh, ow) = (h + 2 * p.padding - kh + 1, wd + 2 * p.padding - kw + 1);
+        match winograd_applies(kh, p) {
+            true => winograd::choose(n, c, o, oh, ow).map_or(Kernel::Dense, Kernel::Winograd),
+            false => Kernel::Dense,
+        }
     } else if p.groups == c && o == c && ci == 1 {
         Kernel::Depthwise
     } else {
         Kernel::Reference
     }
+}
+
+fn winograd_applies(k: usize, p: ConvParams) -> bool {
+    k == 3 && p.stride == 1 && p.groups == 1 && winograd::enabled()
 }
 
 /// `act(conv2d(x, w) + b [+ residual])` for `x: [N,C,H,W]`, `w: [O, C/groups, K, K]`, `b: [O]`.
@@ -104,9 +122,59 @@ pub fn conv2d(
     residual: Option<&Tensor>,
 ) -> Result<Tensor> {
     match select_kernel(x, w, p) {
+        Kernel::Winograd(_) => {
+            conv2d_prepared(x, &PreparedWeight::new(w.clone()), b, p, act, residual)
+        }
         Kernel::Depthwise => fast(x, w, b, p, act, residual, Kernel::Depthwise),
         Kernel::Dense => fast(x, w, b, p, act, residual, Kernel::Dense),
         Kernel::Reference => reference::conv2d(x, w, b, p, act, residual),
+    }
+}
+
+/// [`conv2d`] with a weight prepared once ([`PreparedWeight`]: transformed weights are cached).
+pub fn conv2d_prepared(
+    x: &Tensor,
+    w: &PreparedWeight,
+    b: Option<&Tensor>,
+    p: ConvParams,
+    act: Activation,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
+    conv2d_with_kernel(select_kernel(x, w.weight(), p), x, w, b, p, act, residual)
+}
+
+/// [`conv2d_prepared`] with an explicit kernel (tests and benchmarks compare kernels on one shape).
+/// Errors if `kernel` cannot run this convolution.
+pub fn conv2d_with_kernel(
+    kernel: Kernel,
+    x: &Tensor,
+    w: &PreparedWeight,
+    b: Option<&Tensor>,
+    p: ConvParams,
+    act: Activation,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
+    let auto = select_kernel(x, w.weight(), p);
+    let ok = match kernel {
+        Kernel::Reference => true,
+        Kernel::Depthwise => auto == Kernel::Depthwise,
+        Kernel::Dense => matches!(auto, Kernel::Dense | Kernel::Winograd(_)),
+        Kernel::Winograd(_) => {
+            matches!(auto, Kernel::Dense | Kernel::Winograd(_))
+                && w.weight().dims()[2] == 3
+                && p.stride == 1
+        }
+    };
+    if !ok {
+        candle_core::bail!(
+            "conv2d: kernel {kernel:?} cannot run {:?} * {:?} with {p:?}",
+            x.dims(),
+            w.weight().dims()
+        );
+    }
+    match kernel {
+        Kernel::Reference => reference::conv2d(x, w.weight(), b, p, act, residual),
+        k => fast_prepared(x, w, b, p, act, residual, k),
     }
 }
 
@@ -119,6 +187,27 @@ fn fast(
     residual: Option<&Tensor>,
     kernel: Kernel,
 ) -> Result<Tensor> {
+    fast_prepared(
+        x,
+        &PreparedWeight::new(w.clone()),
+        b,
+        p,
+        act,
+        residual,
+        kernel,
+    )
+}
+
+fn fast_prepared(
+    x: &Tensor,
+    prepared: &PreparedWeight,
+    b: Option<&Tensor>,
+    p: ConvParams,
+    act: Activation,
+    residual: Option<&Tensor>,
+    kernel: Kernel,
+) -> Result<Tensor> {
+    let w = prepared.weight();
     let (n, c, h, wd) = x.dims4()?;
     let (o, _, k, _) = w.dims4()?;
     let oh = (h + 2 * p.padding - k) / p.stride + 1;
@@ -159,6 +248,10 @@ fn fast(
     };
     let out = match kernel {
         Kernel::Depthwise => depthwise::depthwise(xv.slice()?, wv.slice()?, bs, rs, act, &geom),
+        Kernel::Winograd(tile) => {
+            let u = prepared.transformed(tile, wv.slice()?, o, c);
+            winograd::winograd(xv.slice()?, u, tile, bs, rs, act, &geom)
+        }
         _ => dense::dense(xv.slice()?, wv.slice()?, bs, rs, act, &geom),
     };
     Tensor::from_vec(out, (n, o, oh, ow), &Device::Cpu)
