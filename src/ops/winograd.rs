@@ -72,6 +72,9 @@ const G4: [[f64; 3]; 6] = [
     [0.0, 0.0, 1.0],
 ];
 
+/// Smallest output side that uses F(2,3) (see [`choose`]).
+pub const MIN_F2_SIZE: usize = 14;
+
 /// The Winograd variant for a dense 3x3 stride-1 convolution of these sizes, or `None` where the
 /// im2col + GEMM path is faster.
 ///
@@ -80,8 +83,10 @@ const G4: [[f64; 3]; 6] = [
 /// - batch 1: 56^2x128 8.8/4.7/4.0, 28^2x256 6.6/4.5/4.0, 14^2x512 6.7/5.3/7.7, 7^2x1024 8.4/10.3/23.0;
 /// - batch 8: 56^2 8.3/4.6/4.7, 28^2 7.4/4.7/4.4, 14^2 6.6/4.6/4.5, 7^2 6.6/5.2/4.6.
 ///
-/// F(2,3) once the GEMMs have enough tiles (at 7x7 with one image, 16 tiles, the transformed
-/// weight (16/9 of the original) costs more memory traffic than the work saved).
+/// F(2,3) from 14x14 up (at 7x7 with one image, 16 tiles, the transformed weight (16/9 of the
+/// original) costs more memory traffic than the work saved; with a batch of 4+ it saves ~1.4 ms per
+/// image per 7x7 layer but its transformed weights would add 134 MB to the full profile's resident
+/// set, whose budget is 450 MB: the 7x7 layers stay on im2col at every batch size).
 ///
 /// F(4,3) is faster from 28x28 up (10-15% on those layers, ~1.5% of the WRN forward pass) but
 /// triples the logit error of WRN against torchvision (max |dlogit| 9.2e-4 vs 3.5e-4 with F(2,3)
@@ -93,7 +98,7 @@ pub fn choose(n: usize, c: usize, o: usize, oh: usize, ow: usize) -> Option<Tile
         return Some(Tile::F4);
     }
     let tiles = n * oh.div_ceil(2) * ow.div_ceil(2);
-    (tiles >= 49).then_some(Tile::F2)
+    (oh.min(ow) >= MIN_F2_SIZE && tiles >= 49).then_some(Tile::F2)
 }
 
 /// Whether the Winograd kernel may be used: `IMGCLASS_WINOGRAD=0` turns it off (A/B switch for
