@@ -9,8 +9,8 @@ How to run (from the repository root):
 
 Environment: IMGCLASS_BIN (default target/release/imgclass).
 
-It makes 12 MP (4000x3000) and 42 MP (7952x5304) progressive JPEGs (quality 90) in a temporary
-directory, from samples/ (never committed): "upscaled" = samples/chelsea.jpg enlarged with bicubic
+It makes 12 MP (4000x3000) and 42 MP (7952x5304) JPEGs (quality 90, 4:2:0, progressive and
+baseline) in a temporary directory (or --dir), from samples/ (never committed): "upscaled" = samples/chelsea.jpg enlarged with bicubic
 (smooth), "mosaic" = the samples tiled at their native resolution (real photographic detail).
 For each it times decode + Resize(232) + CenterCrop(224):
   - PIL: Image.open(f).convert("RGB") then torchvision's Resize/CenterCrop (or the same PIL calls);
@@ -53,9 +53,11 @@ def make_images(d):
                for f in sorted(os.listdir(os.path.join(ROOT, "samples"))) if f.endswith(".jpg")]
     out = []
     for label, (w, h) in [("12mp", (4000, 3000)), ("42mp", (7952, 5304))]:
-        p = os.path.join(d, f"{label}_upscaled.jpg")
-        samples[0].resize((w, h), Image.BICUBIC).save(p, quality=90, progressive=True)
-        out.append(p)
+        up = samples[0].resize((w, h), Image.BICUBIC)
+        for kind, prog in [("", True), ("_baseline", False)]:
+            p = os.path.join(d, f"{label}_upscaled{kind}.jpg")
+            up.save(p, quality=90, progressive=prog)
+            out.append(p)
         canvas = Image.new("RGB", (w, h))
         y, k = 0, 0
         while y < h:
@@ -69,9 +71,10 @@ def make_images(d):
                 x += t.size[0]
                 rowh = max(rowh, t.size[1])
             y += rowh
-        p = os.path.join(d, f"{label}_mosaic.jpg")
-        canvas.save(p, quality=90, progressive=True)
-        out.append(p)
+        for kind, prog in [("", True), ("_baseline", False)]:
+            p = os.path.join(d, f"{label}_mosaic{kind}.jpg")
+            canvas.save(p, quality=90, progressive=prog)
+            out.append(p)
     return out
 
 
@@ -99,12 +102,19 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--accuracy", action="store_true")
+    ap.add_argument("--dir", help="make the images here and keep them (default: a temporary directory)")
+    ap.add_argument("--reuse", action="store_true", help="with --dir: use the images already there")
     a = ap.parse_args()
     binary = os.environ.get("IMGCLASS_BIN", os.path.join(ROOT, "target", "release", "imgclass"))
     if not os.path.exists(binary):
         sys.exit(f"{binary} not found: run `cargo build --release` or set IMGCLASS_BIN")
-    with tempfile.TemporaryDirectory() as d:
-        images = make_images(d)
+    with tempfile.TemporaryDirectory() as tmp:
+        d = a.dir or tmp
+        os.makedirs(d, exist_ok=True)
+        if a.reuse and a.dir:
+            images = sorted(os.path.join(d, f) for f in os.listdir(d) if f.endswith(".jpg"))
+        else:
+            images = make_images(d)
         print(f"{'image':28} {'size':>10} {'PIL ms':>8} {'imgclass ms':>12} {'ratio':>6}")
         for p in images:
             pil = time_pil(p, a.iters)
