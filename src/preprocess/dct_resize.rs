@@ -136,6 +136,7 @@ fn project(full: usize, ax: &OutAxis, f: usize, n_c: usize) -> Proj {
 
 /// One component resized: `vp.nb.len()` rows × `hp.nb.len()` columns of sample values (level
 /// shift included, not rounded). `blocks`: [`NZ`] coefficients per block, `bw` blocks per row.
+#[inline(never)]
 fn resize_component(blocks: &[i32], bw: usize, deq: &[f32; NZ], hp: &Proj, vp: &Proj) -> Vec<f32> {
     let nh = hp.nb.len();
     let nv = vp.nb.len();
@@ -147,17 +148,23 @@ fn resize_component(blocks: &[i32], bw: usize, deq: &[f32; NZ], hp: &Proj, vp: &
     let mut rowf = vec![0f32; cols.len() * NZ];
     for by in rows.clone() {
         let src = &blocks[(by * bw + cols.start) * NZ..(by * bw + cols.end) * NZ];
-        for ((d, &c), z) in rowf.iter_mut().zip(src).zip((0..NZ).cycle()) {
-            *d = c as f32 * deq[z];
+        for (d, c) in rowf.chunks_exact_mut(NZ).zip(src.chunks_exact(NZ)) {
+            for z in 0..NZ {
+                d[z] = c[z] as f32 * deq[z];
+            }
         }
         let tr = &mut t[(by - rows.start) * KU * nh..(by - rows.start + 1) * KU * nh];
         for o in 0..nh {
             let mut acc = [0f32; KU];
-            let p = &hp.p[o * hp.stride..];
+            let nb = hp.nb[o];
+            let p = &hp.p[o * hp.stride..o * hp.stride + nb * KU];
             let f0 = (hp.b0[o] - cols.start) * NZ;
-            for bi in 0..hp.nb[o] {
-                let f = &rowf[f0 + bi * NZ..f0 + (bi + 1) * NZ];
-                let pb = &p[bi * KU..(bi + 1) * KU];
+            let fs = &rowf[f0..f0 + nb * NZ];
+            for (f, pb) in fs.chunks_exact(NZ).zip(p.chunks_exact(KU)) {
+                let (f, pb): (&[f32; NZ], &[f32; KU]) = match (f.try_into(), pb.try_into()) {
+                    (Ok(f), Ok(pb)) => (f, pb),
+                    _ => continue,
+                };
                 for (z, &(u, v)) in ZZ_UV.iter().enumerate() {
                     acc[v] += f[z] * pb[u];
                 }
@@ -263,7 +270,8 @@ pub(crate) fn resize_window(img: &DctImage, x: &OutAxis, y: &OutAxis) -> Vec<u8>
             }
         }
     }
-    let q = |v: f32| (v + 0.5).floor().clamp(0.0, 255.0) as u8;
+    // Round half up; `as` truncates, which is floor once clamped to be non-negative.
+    let q = |v: f32| (v + 0.5).clamp(0.0, 255.0) as u8;
     let (lx, ly) = (x.range.len(), y.range.len());
     let mut out = vec![0u8; lx * ly * 3];
     for j in 0..ly {

@@ -156,13 +156,20 @@ pub(crate) fn parse_sof(seg: &[u8], progressive: bool) -> Option<Frame> {
 /// Canonical Huffman decoder with a 9-bit fast lookup.
 struct Huff {
     look: Vec<(u8, u8)>,
+    /// AC symbol and its value bits in one lookup, when both fit in `LOOK_BITS`:
+    /// `value << 16 | run << 8 | bits consumed`, or `FAST_NO_VALUE | run << 8 | bits` for the
+    /// symbols without a value (EOB, ZRL); 0 = not in the table (long codes).
+    fast_ac: Vec<u32>,
     maxcode: [i32; 18],
     valptr: [i32; 17],
     mincode: [i32; 17],
     vals: Vec<u8>,
 }
 
-const LOOK_BITS: u32 = 9;
+const LOOK_BITS: u32 = 12;
+
+/// Flag of a [`Huff::fast_ac`] entry for a symbol with size 0 (EOB, ZRL).
+const FAST_NO_VALUE: u32 = 0x8000;
 
 impl Huff {
     fn new(counts: &[u8], vals: &[u8]) -> Option<Huff> {
@@ -197,8 +204,25 @@ impl Huff {
             code <<= 1;
         }
         maxcode[17] = i32::MAX;
+        let fast_ac = look
+            .iter()
+            .enumerate()
+            .map(|(idx, &(l, sym))| {
+                let (l, r, s) = (u32::from(l), u32::from(sym >> 4), u32::from(sym & 15));
+                if l == 0 || l + s > LOOK_BITS {
+                    return 0;
+                }
+                if s == 0 {
+                    return FAST_NO_VALUE | r << 8 | l;
+                }
+                let v = (idx as u32 >> (LOOK_BITS - l - s)) & ((1 << s) - 1);
+                let v = extend(v, s) as i16 as u16 as u32;
+                v << 16 | r << 8 | (l + s)
+            })
+            .collect();
         Some(Huff {
             look,
+            fast_ac,
             maxcode,
             valptr,
             mincode,
@@ -358,7 +382,7 @@ fn extend(v: u32, s: u32) -> i32 {
 /// Position of the next marker (not RSTn, not stuffed) at or after `j`.
 fn next_marker(b: &[u8], mut j: usize) -> Option<usize> {
     loop {
-        j += b.get(j..)?.iter().position(|&x| x == 0xFF)?;
+        j = super::decode::find_ff(b, j)?;
         match b.get(j + 1)? {
             0x00 | 0xD0..=0xD7 => j += 2,
             0xFF => j += 1,
@@ -762,23 +786,70 @@ fn seq_scan(
             let (dct, act) = tables[k];
             let at = idx * NZ;
             let slot = blocks[ci].get_mut(at..at + NZ)?;
-            let s = u32::from(bits.decode(dct)?);
-            if s > 15 {
-                return None;
+            // The bit reader's state is kept in locals (registers) in this loop and handed back
+            // around refills and the rare long codes.
+            if bits.nbits < 32 {
+                bits.fill();
             }
-            let v = bits.bits(s);
-            pred[k] = pred[k].wrapping_add(extend(v, s));
+            let e = dct.fast_ac[(bits.acc >> (64 - LOOK_BITS)) as usize];
+            let diff = if e != 0 && (e >> 8) & 0x7F == 0 {
+                let n = e & 0xFF;
+                bits.acc <<= n;
+                bits.nbits -= n;
+                if e & FAST_NO_VALUE != 0 {
+                    0
+                } else {
+                    i32::from((e >> 16) as u16 as i16)
+                }
+            } else {
+                let s = u32::from(bits.decode(dct)?);
+                if s > 15 {
+                    return None;
+                }
+                extend(bits.bits(s), s)
+            };
+            pred[k] = pred[k].wrapping_add(diff);
             slot[0] = pred[k].wrapping_shl(1);
+            let (mut acc, mut nbits) = (bits.acc, bits.nbits);
             let mut z = 1usize;
             while z < 64 {
+                if nbits < 16 {
+                    (bits.acc, bits.nbits) = (acc, nbits);
+                    bits.fill();
+                    (acc, nbits) = (bits.acc, bits.nbits);
+                }
+                let e = act.fast_ac[(acc >> (64 - LOOK_BITS)) as usize];
+                if e != 0 {
+                    let n = e & 0xFF;
+                    acc <<= n;
+                    nbits -= n;
+                    if e & FAST_NO_VALUE != 0 {
+                        if (e >> 8) & 0x7F == 15 {
+                            z += 16;
+                            continue;
+                        }
+                        break;
+                    }
+                    z += ((e >> 8) & 0xFF) as usize;
+                    if z > 63 {
+                        return None;
+                    }
+                    if z < NZ {
+                        slot[z] = i32::from((e >> 16) as u16 as i16) << 1;
+                    }
+                    z += 1;
+                    continue;
+                }
+                (bits.acc, bits.nbits) = (acc, nbits);
                 let rs = bits.decode(act)?;
                 let (r, s) = (usize::from(rs >> 4), u32::from(rs & 15));
+                let v = extend(bits.bits(s), s);
+                (acc, nbits) = (bits.acc, bits.nbits);
                 if s != 0 {
                     z += r;
                     if z > 63 {
                         return None;
                     }
-                    let v = extend(bits.bits(s), s);
                     if z < NZ {
                         slot[z] = v << 1;
                     }
@@ -789,6 +860,7 @@ fn seq_scan(
                     break;
                 }
             }
+            (bits.acc, bits.nbits) = (acc, nbits);
             Some(())
         },
     )
@@ -822,14 +894,17 @@ mod tests {
 
     #[test]
     fn corrupt_scan_data_gives_none_not_a_panic() {
-        let bytes = fixture("prog420_rst.jpg");
-        let frame = probe(&bytes).unwrap();
-        for cut in (200..bytes.len()).step_by(97) {
-            let mut m = bytes.clone();
-            m[cut] ^= 0x5A;
-            let _ = decode(&m, &frame, false);
-            let _ = decode(&m, &frame, true);
-            let _ = decode(&bytes[..cut], &frame, true);
+        for name in ["prog420_rst.jpg", "base420.jpg", "base444_rst.jpg"] {
+            let bytes = fixture(name);
+            let frame = probe(&bytes).unwrap();
+            assert!(decode(&bytes, &frame, true).is_some(), "{name}");
+            for cut in (200..bytes.len()).step_by(97) {
+                let mut m = bytes.clone();
+                m[cut] ^= 0x5A;
+                let _ = decode(&m, &frame, false);
+                let _ = decode(&m, &frame, true);
+                let _ = decode(&bytes[..cut], &frame, true);
+            }
         }
     }
 }
