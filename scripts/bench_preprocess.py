@@ -9,13 +9,14 @@ How to run (from the repository root):
 
 Environment: IMGCLASS_BIN (default target/release/imgclass).
 
-It makes 12 MP (4000x3000) and 42 MP (7952x5304) progressive JPEGs (quality 90) in a temporary
-directory, from samples/ (never committed): "upscaled" = samples/chelsea.jpg enlarged with bicubic
+It makes 12 MP (4000x3000) and 42 MP (7952x5304) JPEGs (quality 90, 4:2:0, progressive and
+baseline) in a temporary directory (or --dir), from samples/ (never committed): "upscaled" = samples/chelsea.jpg enlarged with bicubic
 (smooth), "mosaic" = the samples tiled at their native resolution (real photographic detail).
 For each it times decode + Resize(232) + CenterCrop(224):
   - PIL: Image.open(f).convert("RGB") then torchvision's Resize/CenterCrop (or the same PIL calls);
   - imgclass: `imgclass bench --stage preprocess --image f` (decode + resize + crop + normalise).
-and prints the median times and the ratio imgclass / PIL (goal: <= 0.3).
+and prints the median times (best of --rounds alternating rounds) and the ratio imgclass / PIL
+(goal: <= 0.3).
 With --accuracy it also runs `cargo run --release --example preprocess_accuracy` to compare
 imgclass's crops (DCT scaling Auto and Off) with PIL's.
 """
@@ -53,9 +54,11 @@ def make_images(d):
                for f in sorted(os.listdir(os.path.join(ROOT, "samples"))) if f.endswith(".jpg")]
     out = []
     for label, (w, h) in [("12mp", (4000, 3000)), ("42mp", (7952, 5304))]:
-        p = os.path.join(d, f"{label}_upscaled.jpg")
-        samples[0].resize((w, h), Image.BICUBIC).save(p, quality=90, progressive=True)
-        out.append(p)
+        up = samples[0].resize((w, h), Image.BICUBIC)
+        for kind, prog in [("", True), ("_baseline", False)]:
+            p = os.path.join(d, f"{label}_upscaled{kind}.jpg")
+            up.save(p, quality=90, progressive=prog)
+            out.append(p)
         canvas = Image.new("RGB", (w, h))
         y, k = 0, 0
         while y < h:
@@ -69,9 +72,10 @@ def make_images(d):
                 x += t.size[0]
                 rowh = max(rowh, t.size[1])
             y += rowh
-        p = os.path.join(d, f"{label}_mosaic.jpg")
-        canvas.save(p, quality=90, progressive=True)
-        out.append(p)
+        for kind, prog in [("", True), ("_baseline", False)]:
+            p = os.path.join(d, f"{label}_mosaic{kind}.jpg")
+            canvas.save(p, quality=90, progressive=prog)
+            out.append(p)
     return out
 
 
@@ -99,16 +103,29 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--accuracy", action="store_true")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating PIL/imgclass rounds per image")
+    ap.add_argument("--dir", help="make the images here and keep them (default: a temporary directory)")
+    ap.add_argument("--reuse", action="store_true", help="with --dir: use the images already there")
     a = ap.parse_args()
     binary = os.environ.get("IMGCLASS_BIN", os.path.join(ROOT, "target", "release", "imgclass"))
     if not os.path.exists(binary):
         sys.exit(f"{binary} not found: run `cargo build --release` or set IMGCLASS_BIN")
-    with tempfile.TemporaryDirectory() as d:
-        images = make_images(d)
+    with tempfile.TemporaryDirectory() as tmp:
+        d = a.dir or tmp
+        os.makedirs(d, exist_ok=True)
+        if a.reuse and a.dir:
+            images = sorted(os.path.join(d, f) for f in os.listdir(d) if f.endswith(".jpg"))
+        else:
+            images = make_images(d)
         print(f"{'image':28} {'size':>10} {'PIL ms':>8} {'imgclass ms':>12} {'ratio':>6}")
         for p in images:
-            pil = time_pil(p, a.iters)
-            ours = time_imgclass(binary, p, a.iters)
+            # Alternate the two for --rounds rounds and keep each one's best round median: on a
+            # shared (busy) machine the load then hits both alike.
+            pils, ourss = [], []
+            for _ in range(a.rounds):
+                pils.append(time_pil(p, a.iters))
+                ourss.append(time_imgclass(binary, p, a.iters))
+            pil, ours = min(pils), min(ourss)
             w, h = Image.open(p).size
             print(f"{os.path.basename(p):28} {w}x{h:<5} {pil:8.1f} {ours:12.1f} {ours / pil:6.3f}")
         if a.accuracy:

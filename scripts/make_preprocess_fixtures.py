@@ -125,7 +125,7 @@ def make_resize_fixtures():
 
 
 def make_dct_fixtures():
-    """Progressive JPEGs for the DC-only (1/8 scale) decoder: 4:2:0, 4:4:4, grayscale, restart markers."""
+    """JPEGs for the DCT-domain path: progressive and baseline, 4:2:0, 4:4:4, grayscale, restart markers."""
     out = os.path.join(FIX, "dct")
     ensure(out)
     img = Image.open(os.path.join(SKDATA, "rocket.jpg")).convert("RGB").resize((333, 221), Image.BICUBIC)
@@ -133,6 +133,9 @@ def make_dct_fixtures():
     img.save(os.path.join(out, "prog444.jpg"), quality=90, progressive=True, subsampling=0)
     img.convert("L").save(os.path.join(out, "prog_gray.jpg"), quality=90, progressive=True)
     img.save(os.path.join(out, "prog420_rst.jpg"), quality=90, progressive=True, restart_marker_blocks=5)
+    img.save(os.path.join(out, "base420.jpg"), quality=90)
+    img.save(os.path.join(out, "base444_rst.jpg"), quality=90, subsampling=0, restart_marker_blocks=7)
+    img.convert("L").save(os.path.join(out, "base_gray.jpg"), quality=90)
 
 
 def png_chunk(kind, data):

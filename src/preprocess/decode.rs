@@ -135,6 +135,23 @@ fn truncated() -> Error {
     Error::CorruptImage("truncated JPEG: the data ends before the end-of-image marker".into())
 }
 
+/// Index of the first 0xFF byte at or after `from` (8 bytes at a time: entropy-coded data is
+/// megabytes long and holds few of them).
+pub(crate) fn find_ff(b: &[u8], from: usize) -> Option<usize> {
+    let mut j = from;
+    while let Some(c) = b.get(j..j + 8) {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(c);
+        let x = !u64::from_le_bytes(a);
+        let hit = x.wrapping_sub(0x0101_0101_0101_0101) & !x & 0x8080_8080_8080_8080;
+        if hit != 0 {
+            return Some(j + (hit.trailing_zeros() / 8) as usize);
+        }
+        j += 8;
+    }
+    b.get(j..)?.iter().position(|&x| x == 0xFF).map(|p| j + p)
+}
+
 /// Walk the JPEG marker segments (no decoding): refuse truncated files (no EOI after the last
 /// scan), frame types the decoder does not implement, and absurd scan counts.
 pub(crate) fn check_jpeg(b: &[u8]) -> Result<()> {
@@ -223,9 +240,9 @@ pub(crate) fn check_jpeg(b: &[u8]) -> Result<()> {
                 // Entropy-coded data: runs to the next marker other than RSTn / stuffed 0xFF00.
                 let mut j = end;
                 loop {
-                    match b[j..].iter().position(|&x| x == 0xFF) {
+                    match find_ff(b, j) {
                         None => return Err(truncated()),
-                        Some(p) => j += p,
+                        Some(p) => j = p,
                     }
                     match b.get(j + 1) {
                         None => return Err(truncated()),
@@ -339,4 +356,36 @@ fn decode_with(bytes: &[u8], format: ImageFormat, limits: &DecodeLimits) -> Resu
         DynamicImage::ImageRgb8(rgb) => rgb,
         other => other.to_rgb8(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::find_ff;
+
+    #[test]
+    fn find_ff_equals_a_plain_search_at_every_offset() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let data: Vec<u8> = (0..300)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                // Sparse 0xFF bytes, some adjacent, and 0xFE/0x7F neighbours for the bit trick.
+                match (x % 23, i % 50 == 0) {
+                    (0, _) | (_, true) => 0xFF,
+                    (1, _) => 0xFE,
+                    (2, _) => 0x7F,
+                    _ => (x >> 8) as u8 & 0x7E,
+                }
+            })
+            .collect();
+        for from in 0..=data.len() + 2 {
+            let want = data
+                .get(from..)
+                .and_then(|d| d.iter().position(|&b| b == 0xFF))
+                .map(|p| from + p);
+            assert_eq!(find_ff(&data, from), want, "from {from}");
+        }
+        assert_eq!(find_ff(&[0u8; 17], 0), None);
+    }
 }

@@ -5,6 +5,7 @@
 //! `CenterCrop(224)`) + [`normalize`] (`ToTensor` + `Normalize(mean, std)` → CHW f32).
 //! The README section "Preprocessing" documents the exact transform, limits and parity.
 
+mod dct_resize;
 mod decode;
 mod jpeg_dc;
 mod resample;
@@ -195,25 +196,31 @@ pub fn preprocess(bytes: &[u8], limits: &DecodeLimits, t: &Transform) -> Result<
     preprocess_timed(bytes, limits, t).map(|(p, _)| p)
 }
 
-/// DCT-domain downscaling of large progressive JPEGs (decode only the DC coefficients, i.e. the
-/// image at 1/8 scale, and resize from the 8×8 block means with PIL's output geometry).
+/// DCT-domain downscaling of large JPEGs: decode only the low-frequency DCT coefficients and
+/// compute the resized crop from them directly (PIL's weights projected on the DCT basis, see
+/// `dct_resize`), skipping the inverse DCT, upsampling and colour conversion of every pixel; for
+/// progressive files most of the Huffman decoding too.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub enum DctScaling {
     /// Always decode at full resolution (reference path).
     Off,
-    /// Use the DC path for progressive JPEGs whose shorter side is at least
-    /// [`DCT_MIN_SHRINK`] × `t.resize` (default).
+    /// Use the DCT path for JPEGs whose shorter side is at least [`DCT_MIN_SHRINK`] (progressive)
+    /// or [`DCT_MIN_SHRINK_BASELINE`] (baseline) × `t.resize` (default).
     #[default]
     Auto,
-    /// Use the DC path for every eligible progressive JPEG, whatever its size (tests, measurements).
+    /// Use the DCT path for every eligible JPEG, whatever its size (tests, measurements).
     Always,
 }
 
-/// The DC path is used (in `Auto`) when the shorter side is at least this many times the resize
-/// target: each output pixel then averages at least 2×2 blocks of 8×8 (16 full-resolution pixels
-/// per output pixel along each axis), so block means lose little. A 12 MP photo (3000 px short
+/// The DCT path is used (in `Auto`) when the shorter side is at least this many times the resize
+/// target: PIL's triangle then spans at least 3 blocks along each axis and is nearly linear over
+/// each, so the dropped high frequencies contribute little. A 12 MP photo (3000 px short
 /// side → 232) shrinks 12.9×, a 42 MP one 22.9×: both qualify; a 1000×750 photo (3.2×) does not.
 pub const DCT_MIN_SHRINK: f64 = 12.0;
+
+/// The same threshold for baseline (sequential) JPEGs, whose every coefficient must be
+/// Huffman-decoded: the saving is the inverse DCT, upsampling and colour conversion.
+pub const DCT_MIN_SHRINK_BASELINE: f64 = 12.0;
 
 /// [`preprocess_timed`] with an explicit [`DctScaling`] choice.
 pub fn preprocess_with(
@@ -250,26 +257,7 @@ pub fn preprocess_with(
     ))
 }
 
-/// Cells (start, length) of `cell`-pixel blocks along an axis of `full` pixels.
-fn block_cells(full: u32, n: usize, cell: u32) -> Vec<(u32, u32)> {
-    (0..n as u32)
-        .map(|j| (cell * j, cell.min(full - cell * j)))
-        .collect()
-}
-
-/// Also decode the lowest AC coefficients of the first AC scans and reconstruct each 8×8
-/// block as 2×2 quadrant means (1/4 scale) instead of one mean (1/8 scale).
-const DCT_QUADRANTS: bool = true;
-
-fn reverse_cells(cells: &[(u32, u32)], full: u32) -> Vec<(u32, u32)> {
-    cells
-        .iter()
-        .rev()
-        .map(|&(s, l)| (full - s - l, l))
-        .collect()
-}
-
-/// The DC (1/8 scale) path; `Ok(None)` when not applicable (the caller decodes fully).
+/// The DCT-domain path; `Ok(None)` when not applicable (the caller decodes fully).
 fn dc_path(
     bytes: &[u8],
     limits: &DecodeLimits,
@@ -277,7 +265,6 @@ fn dc_path(
     scaling: DctScaling,
     t0: Instant,
 ) -> Result<Option<(RgbImage, StageTimes)>> {
-    use image::metadata::Orientation as O;
     if !bytes.starts_with(&[0xFF, 0xD8]) {
         return Ok(None);
     }
@@ -286,57 +273,39 @@ fn dc_path(
     };
     decode::check_dims(frame.width, frame.height, limits)?;
     let short = frame.width.min(frame.height);
-    if scaling == DctScaling::Auto && f64::from(short) < DCT_MIN_SHRINK * f64::from(t.resize) {
+    let min_shrink = if frame.progressive {
+        DCT_MIN_SHRINK
+    } else {
+        DCT_MIN_SHRINK_BASELINE
+    };
+    if scaling == DctScaling::Auto && f64::from(short) < min_shrink * f64::from(t.resize) {
         return Ok(None);
     }
     // Same refusals as the full decoder (truncation, scan count) before any work.
     decode::check_jpeg(bytes)?;
-    let dc = match std::panic::catch_unwind(|| jpeg_dc::decode(bytes, &frame, DCT_QUADRANTS)) {
-        Ok(Some(dc)) => dc,
+    let img = match std::panic::catch_unwind(|| jpeg_dc::decode(bytes, &frame, true)) {
+        Ok(Some(img)) => img,
         _ => return Ok(None),
     };
-    let Some(small) = RgbImage::from_raw(dc.w as u32, dc.h as u32, dc.rgb) else {
-        return Ok(None);
-    };
-    let xs = block_cells(dc.full_w, dc.w, dc.cell);
-    let ys = block_cells(dc.full_h, dc.h, dc.cell);
-    let (fw, fh) = (dc.full_w, dc.full_h);
-    let (x_cells, y_cells, full_w, full_h) = match dc.orientation {
-        O::NoTransforms => (xs, ys, fw, fh),
-        O::FlipHorizontal => (reverse_cells(&xs, fw), ys, fw, fh),
-        O::FlipVertical => (xs, reverse_cells(&ys, fh), fw, fh),
-        O::Rotate180 => (reverse_cells(&xs, fw), reverse_cells(&ys, fh), fw, fh),
-        O::Rotate90 => (reverse_cells(&ys, fh), xs, fh, fw),
-        O::Rotate270 => (ys, reverse_cells(&xs, fw), fh, fw),
-        O::Rotate90FlipH => (ys, xs, fh, fw),
-        O::Rotate270FlipH => (reverse_cells(&ys, fh), reverse_cells(&xs, fw), fh, fw),
-    };
-    let mut oriented = image::DynamicImage::ImageRgb8(small);
-    oriented.apply_orientation(dc.orientation);
-    let small = oriented.into_rgb8();
     let t1 = Instant::now();
-
+    let (full_w, full_h) = dct_resize::oriented_size(&img);
     let (rw, rh) = resized_size(full_w, full_h, t.resize);
     if rw == 0 || rh == 0 {
         return Ok(None);
     }
     let (sx, dx, lx) = crop_axis(rw, t.crop);
     let (sy, dy, ly) = crop_axis(rh, t.crop);
-    let cols = sx as usize..(sx + lx) as usize;
-    let rows = sy as usize..(sy + ly) as usize;
-    let hc = resample::Coeffs::from_cells(&x_cells, full_w as usize, rw as usize, cols.clone());
-    let vc = resample::Coeffs::from_cells(&y_cells, full_h as usize, rh as usize, rows.clone());
-    let vfirst =
-        resample::vertical_first(full_w as usize, full_h as usize, rw as usize, rh as usize);
-    let window = resample::run_passes(
-        small.as_raw(),
-        small.width() as usize,
-        Some(hc),
-        Some(vc),
-        vfirst,
-        cols,
-        rows,
-    );
+    let axis = |size: u32, start: u32, len: u32| dct_resize::OutAxis {
+        size: size as usize,
+        range: start as usize..(start + len) as usize,
+        reversed: false,
+    };
+    let window = match std::panic::catch_unwind(|| {
+        dct_resize::resize_window(&img, &axis(rw, sx, lx), &axis(rh, sy, ly))
+    }) {
+        Ok(w) => w,
+        Err(_) => return Ok(None),
+    };
     let crop = assemble_crop(&window, (dx, lx), (dy, ly), t)?;
     let t2 = Instant::now();
     Ok(Some((

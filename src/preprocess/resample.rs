@@ -24,6 +24,30 @@ fn bilinear_filter(x: f64) -> f64 {
     }
 }
 
+/// Pillow's normalised (floating-point) bilinear weights of output pixel `xx` of an axis resized
+/// from `in_size` to `out_size`: `(first input index, weights)`, the weights summing to 1.
+/// These are the weights [`Coeffs::new`] turns into fixed point.
+pub(crate) fn pillow_weights(in_size: usize, out_size: usize, xx: usize) -> (usize, Vec<f64>) {
+    let in1 = in_size as f32;
+    let scale = f64::from(in1) / out_size as f64;
+    let filterscale = if scale < 1.0 { 1.0 } else { scale };
+    let support = filterscale;
+    let ksize = (support.ceil() as usize) * 2 + 1;
+    let ss = 1.0 / filterscale;
+    let center = (xx as f64 + 0.5) * scale;
+    let xmin = ((center - support + 0.5) as i64).max(0);
+    let xmax = ((center + support + 0.5) as i64).min(in_size as i64);
+    let count = ((xmax - xmin).max(0) as usize).min(ksize);
+    let mut w: Vec<f64> = (0..count)
+        .map(|x| bilinear_filter((((x as i64 + xmin) as f64) - center + 0.5) * ss))
+        .collect();
+    let ww: f64 = w.iter().sum();
+    if ww != 0.0 {
+        w.iter_mut().for_each(|v| *v /= ww);
+    }
+    (xmin as usize, w)
+}
+
 /// Fixed-point coefficients of a range of output pixels along one axis.
 #[derive(Debug, Clone)]
 pub(crate) struct Coeffs {
@@ -85,63 +109,6 @@ impl Coeffs {
                 };
             }
             xmin_v.push(xmin as usize);
-            len_v.push(count);
-        }
-        Coeffs {
-            xmin: xmin_v,
-            len: len_v,
-            ksize,
-            k,
-        }
-    }
-
-    /// Coefficients for an input made of `cells` (start, length) in full-resolution pixels, e.g.
-    /// the 8×8 blocks of a JPEG decoded at 1/8 scale, each cell holding the mean of its pixels.
-    /// The output geometry (centre, support) is Pillow's for `full_size → out_size`; each cell is
-    /// weighted by `len × triangle(cell centre)`: the midpoint rule for Pillow's per-pixel sum
-    /// (exact when the image is linear inside each cell).
-    pub(crate) fn from_cells(
-        cells: &[(u32, u32)],
-        full_size: usize,
-        out_size: usize,
-        out: Range<usize>,
-    ) -> Coeffs {
-        let scale = f64::from(full_size as f32) / out_size as f64;
-        let filterscale = if scale < 1.0 { 1.0 } else { scale };
-        let support = filterscale;
-        let min_cell = cells.iter().map(|c| c.1).min().unwrap_or(1).max(1) as f64;
-        let ksize = ((2.0 * support) / min_cell).ceil() as usize + 3;
-        let ss = 1.0 / filterscale;
-        let n = out.len();
-        let mut xmin_v = Vec::with_capacity(n);
-        let mut len_v = Vec::with_capacity(n);
-        let mut k = vec![0i32; n * ksize];
-        let mut w = vec![0f64; ksize];
-        for (i, xx) in out.enumerate() {
-            let center = (xx as f64 + 0.5) * scale;
-            let lo = cells.partition_point(|&(s, l)| f64::from(s + l) <= center - support);
-            let hi = cells.partition_point(|&(s, _)| f64::from(s) < center + support);
-            let hi = hi.max(lo + 1).min(cells.len()).min(lo + ksize);
-            let lo = lo.min(hi.saturating_sub(1));
-            let count = hi - lo;
-            let mut ww = 0.0;
-            for (j, wj) in w.iter_mut().enumerate().take(count) {
-                let (s, l) = cells[lo + j];
-                let c = f64::from(s) + f64::from(l) / 2.0;
-                let v = f64::from(l) * bilinear_filter((c - center) * ss);
-                *wj = v;
-                ww += v;
-            }
-            let row = &mut k[i * ksize..(i + 1) * ksize];
-            for x in 0..count {
-                let v = if ww != 0.0 {
-                    w[x] / ww
-                } else {
-                    1.0 / count as f64
-                };
-                row[x] = (0.5 + v * f64::from(1u32 << PRECISION_BITS)) as i32;
-            }
-            xmin_v.push(lo);
             len_v.push(count);
         }
         Coeffs {
