@@ -14,6 +14,7 @@
 use super::cpu::{activate, fmadd, multiversion};
 use super::{Activation, Geometry};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Output columns per register block (one AVX-512 register, two AVX2 registers); planes at most
 /// [`NARROW`] wide use blocks of [`NARROW`] columns instead.
@@ -88,22 +89,30 @@ pub(crate) fn depthwise(
     let in_plane = g.h * g.w;
     let out_plane = g.oh * g.ow;
     let kk = g.k * g.k;
-    let mut out = vec![0f32; g.n * g.c * out_plane];
-    out.par_chunks_mut(out_plane).enumerate().for_each_init(
-        || vec![0f32; plan.scratch_len()],
-        |scratch, (idx, o)| {
-            let ch = idx % g.c;
-            let xin = &x[idx * in_plane..][..in_plane];
-            let r = res.map(|r| &r[idx * out_plane..][..out_plane]);
-            let b = bias.map_or(0.0, |b| b[ch]);
-            let w = &wt[ch * kk..][..kk];
-            if plan.ow <= NARROW {
-                plane_narrow(&plan, xin, w, b, r, act, scratch, o);
-            } else {
-                plane(&plan, xin, w, b, r, act, scratch, o);
-            }
-        },
-    );
+    let len = g.n * g.c * out_plane;
+    // Not zero-filled: the register blocks below store every output exactly once.
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(out_plane)
+        .enumerate()
+        .for_each_init(
+            || vec![0f32; plan.scratch_len()],
+            |scratch, (idx, o)| {
+                let ch = idx % g.c;
+                let xin = &x[idx * in_plane..][..in_plane];
+                let r = res.map(|r| &r[idx * out_plane..][..out_plane]);
+                let b = bias.map_or(0.0, |b| b[ch]);
+                let w = &wt[ch * kk..][..kk];
+                if plan.ow <= NARROW {
+                    plane_narrow(&plan, xin, w, b, r, act, scratch, o);
+                } else {
+                    plane(&plan, xin, w, b, r, act, scratch, o);
+                }
+            },
+        );
+    // SAFETY: every plane's `store` calls wrote all `oh * ow` of its floats (blocks of ROWS rows
+    // x L columns cover the plane), so all `len` floats are initialised.
+    unsafe { out.set_len(len) };
     out
 }
 
@@ -117,7 +126,7 @@ fn plane_body<const FMA: bool>(
     r: Option<&[f32]>,
     act: Activation,
     scratch: &mut [f32],
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
 ) {
     plane_impl::<FMA, LANES>(p, x, w, b, r, act, scratch, out)
 }
@@ -132,7 +141,7 @@ fn plane_narrow_body<const FMA: bool>(
     r: Option<&[f32]>,
     act: Activation,
     scratch: &mut [f32],
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
 ) {
     plane_impl::<FMA, NARROW>(p, x, w, b, r, act, scratch, out)
 }
@@ -147,7 +156,7 @@ fn plane_impl<const FMA: bool, const L: usize>(
     r: Option<&[f32]>,
     act: Activation,
     scratch: &mut [f32],
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
 ) {
     let phase_len = p.hp * p.wq;
     // `scratch` was zeroed when created and every plane of this call writes the same positions,
@@ -293,7 +302,7 @@ unsafe fn fma_row<const FMA: bool, const L: usize>(acc: &mut [f32; L], src: *con
 /// `ncol` columns (the activation is a closure so each variant compiles to its own vector loop).
 #[inline(always)]
 fn store<const L: usize>(
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
     r: Option<&[f32]>,
     rows: &[[f32; L]],
     at: usize,
@@ -307,26 +316,25 @@ fn store<const L: usize>(
         match r {
             Some(r) => {
                 for ((d, v), rv) in dst.iter_mut().zip(a).zip(&r[o..][..ncol]) {
-                    *d = f(*v + *rv);
+                    d.write(f(*v + *rv));
                 }
             }
             None => {
                 if ncol == L {
-                    let dst: &mut [f32; L] = dst.try_into().unwrap_or_else(|_| unreachable!());
+                    let dst: &mut [MaybeUninit<f32>; L] =
+                        dst.try_into().unwrap_or_else(|_| unreachable!());
                     for i in 0..L {
-                        dst[i] = f(a[i]);
+                        dst[i].write(f(a[i]));
                     }
                 } else {
-                    let mut tmp = [0f32; L];
-                    for i in 0..L {
-                        tmp[i] = f(a[i]);
+                    for (d, v) in dst.iter_mut().zip(a) {
+                        d.write(f(*v));
                     }
-                    dst.copy_from_slice(&tmp[..ncol]);
                 }
             }
         }
     }
 }
 
-multiversion!(fn plane(p: &Plan, x: &[f32], w: &[f32], b: f32, r: Option<&[f32]>, act: Activation, scratch: &mut [f32], out: &mut [f32]) => plane_body);
-multiversion!(fn plane_narrow(p: &Plan, x: &[f32], w: &[f32], b: f32, r: Option<&[f32]>, act: Activation, scratch: &mut [f32], out: &mut [f32]) => plane_narrow_body);
+multiversion!(fn plane(p: &Plan, x: &[f32], w: &[f32], b: f32, r: Option<&[f32]>, act: Activation, scratch: &mut [f32], out: &mut [MaybeUninit<f32>]) => plane_body);
+multiversion!(fn plane_narrow(p: &Plan, x: &[f32], w: &[f32], b: f32, r: Option<&[f32]>, act: Activation, scratch: &mut [f32], out: &mut [MaybeUninit<f32>]) => plane_narrow_body);
