@@ -11,7 +11,7 @@
 //! 3. the epilogue adds the residual and applies the activation while the block is in registers
 //!    (the bias is the accumulators' initial value).
 
-use super::cpu::{activate, fmadd, multiversion};
+use super::cpu::{fmadd, multiversion};
 use super::{Activation, Geometry};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -214,7 +214,9 @@ fn plane_impl<const FMA: bool, const L: usize>(
     let sp = scratch.as_ptr();
     for oy0 in (0..p.oh).step_by(ROWS) {
         let nrows = ROWS.min(p.oh - oy0);
-        for j0 in (0..p.ow).step_by(L) {
+        // Right to left: a partial block's full-width store spills into the next row's first
+        // columns, which a later block (same rows, j0 = 0) or row group then overwrites.
+        for j0 in (0..p.ow).step_by(L).rev() {
             let b0 = oy0 * row_step + j0;
             // Four named accumulators (not an array indexed in a loop) so they stay in registers.
             let (mut a0, mut a1, mut a2, mut a3) = ([b; L], [b; L], [b; L], [b; L]);
@@ -236,8 +238,10 @@ fn plane_impl<const FMA: bool, const L: usize>(
             match act {
                 Activation::None => store(out, r, rows, at, p.ow, ncol, |v| v),
                 Activation::Relu => store(out, r, rows, at, p.ow, ncol, |v| v.max(0.0)),
+                // times 1/6 rather than / 6: a vector division per output costs more than the
+                // 9 multiply-adds of a 3x3 tap (within an ulp of `cpu::activate`)
                 Activation::Hardswish => store(out, r, rows, at, p.ow, ncol, |v| {
-                    activate(v, Activation::Hardswish)
+                    v * ((v + 3.0).clamp(0.0, 6.0) * (1.0 / 6.0))
                 }),
             }
         }
@@ -312,23 +316,32 @@ fn store<const L: usize>(
 ) {
     for (rr, a) in rows.iter().enumerate() {
         let o = at + rr * ow;
-        let dst = &mut out[o..][..ncol];
         match r {
             Some(r) => {
+                let dst = &mut out[o..][..ncol];
                 for ((d, v), rv) in dst.iter_mut().zip(a).zip(&r[o..][..ncol]) {
                     d.write(f(*v + *rv));
                 }
             }
             None => {
-                if ncol == L {
-                    let dst: &mut [MaybeUninit<f32>; L] =
-                        dst.try_into().unwrap_or_else(|_| unreachable!());
+                // A partial block stores all L lanes when they fit in the plane (the extra
+                // lanes land in later rows, stored afterwards, see `plane_impl`): one vector
+                // store instead of a short copy.
+                if ncol == L || o + L <= out.len() {
+                    let dst: &mut [MaybeUninit<f32>; L] = (&mut out[o..o + L])
+                        .try_into()
+                        .unwrap_or_else(|_| unreachable!());
                     for i in 0..L {
                         dst[i].write(f(a[i]));
                     }
                 } else {
-                    for (d, v) in dst.iter_mut().zip(a) {
-                        d.write(f(*v));
+                    // Full-width vector epilogue, then the first `ncol` lanes.
+                    let mut tmp = [0f32; L];
+                    for i in 0..L {
+                        tmp[i] = f(a[i]);
+                    }
+                    for (d, t) in out[o..][..ncol].iter_mut().zip(&tmp) {
+                        d.write(*t);
                     }
                 }
             }
