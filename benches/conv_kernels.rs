@@ -71,6 +71,10 @@ const LAYERS: &[Layer] = &[
     // MobileNetV3-Large pointwise
     dense("pw_120to40_28", 120, 28, 40, 1, 1),
     dense("pw_160to960_7", 160, 7, 960, 1, 1),
+    dense("pw_16to64_112", 16, 112, 64, 1, 1),
+    dense("pw_112to672_14", 112, 14, 672, 1, 1),
+    dense("pw_960to160_7", 960, 7, 160, 1, 1),
+    dense("stem3x3_s2_3to16_224", 3, 224, 16, 3, 2),
     // Wide ResNet-50-2
     dense("stem7x7_s2_3to64_224", 3, 224, 64, 7, 2),
     dense("c1x1_256to128_56", 256, 56, 128, 1, 1),
@@ -171,5 +175,30 @@ fn wrn3x3(c: &mut Criterion) {
     bench_wrn3x3(c, 8, "wrn3x3_batch8", false);
 }
 
-criterion_group!(benches, batch1, wrn3x3);
+/// MobileNetV3's classifier and SqueezeExcitation `Linear`s (fused GEMV) against candle's matmul.
+fn linear(c: &mut Criterion) {
+    let mut group = c.benchmark_group("linear");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    for (n, k, o) in [
+        (1, 960, 1280),
+        (1, 1280, 1000),
+        (8, 960, 1280),
+        (1, 960, 240),
+    ] {
+        let (x, w, b) = (rand(&[n, k]), rand(&[o, k]), rand(&[o]));
+        let name = format!("{n}x{k}to{o}");
+        group.bench_function(BenchmarkId::new("imgclass", &name), |bch| {
+            bch.iter(|| ops::linear(&x, &w, Some(&b), Activation::Hardswish).unwrap())
+        });
+        group.bench_function(BenchmarkId::new("candle", &name), |bch| {
+            bch.iter(|| ops::reference::linear(&x, &w, Some(&b), Activation::Hardswish).unwrap())
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, batch1, wrn3x3, linear);
 criterion_main!(benches);

@@ -4,10 +4,10 @@
 //! (Conv2dNormActivation), `features.N.block.K.fc1/fc2` (SqueezeExcitation), `features.16.{0,1}`
 //! (last conv), `classifier.0` / `classifier.3` (Linear; `.1` Hardswish and `.2` Dropout have no weights).
 
-use super::{global_avg_pool, hardswish, ConvBnConfig, FoldedConv};
+use super::{global_avg_pool, ConvBnConfig, FoldedConv};
 use crate::ops::{self, Activation, ConvParams};
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 /// torchvision's `InvertedResidualConfig` (width_mult 1.0, dilation 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -290,7 +290,8 @@ impl SqueezeExcitation {
 
 impl Module for SqueezeExcitation {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let pooled = x.mean_keepdim((2, 3))?;
+        let (n, c, _, _) = x.dims4()?;
+        let pooled = global_avg_pool(x)?.reshape((n, c, 1, 1))?;
         let s = ops::conv2d(
             &pooled,
             &self.fc1_w,
@@ -392,8 +393,29 @@ pub struct MobileNetV3 {
     stem: Conv2dNormActivation,
     blocks: Vec<InvertedResidual>,
     last_conv: Conv2dNormActivation,
-    fc1: Linear,
-    fc2: Linear,
+    fc1: LinearLayer,
+    fc2: LinearLayer,
+}
+
+/// torch's `Linear` (weight `[out, in]`, bias `[out]`), run through [`ops::linear`] with the
+/// following activation fused.
+#[derive(Clone, Debug)]
+struct LinearLayer {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl LinearLayer {
+    fn new(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get((out_dim, in_dim), "weight")?.contiguous()?,
+            bias: vb.get(out_dim, "bias")?.contiguous()?,
+        })
+    }
+
+    fn forward_with(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        ops::linear(x, &self.weight, Some(&self.bias), act)
+    }
 }
 
 impl MobileNetV3 {
@@ -417,8 +439,8 @@ impl MobileNetV3 {
         let last_conv =
             Conv2dNormActivation::new(features.pp(cfg.blocks.len() + 1), &cfg.last_conv())?;
         let classifier = vb.pp("classifier");
-        let fc1 = candle_nn::linear(cfg.last_conv_channels, cfg.last_channel, classifier.pp(0))?;
-        let fc2 = candle_nn::linear(cfg.last_channel, cfg.num_classes, classifier.pp(3))?;
+        let fc1 = LinearLayer::new(classifier.pp(0), cfg.last_conv_channels, cfg.last_channel)?;
+        let fc2 = LinearLayer::new(classifier.pp(3), cfg.last_channel, cfg.num_classes)?;
         Ok(Self {
             stem,
             blocks,
@@ -436,9 +458,9 @@ impl Module for MobileNetV3 {
             x = b.forward(&x)?;
         }
         let x = global_avg_pool(&self.last_conv.forward(&x)?)?;
-        // classifier: Linear, Hardswish, Dropout (identity in eval), Linear
-        let x = hardswish(&self.fc1.forward(&x)?)?;
-        self.fc2.forward(&x)
+        // classifier: Linear, Hardswish (fused), Dropout (identity in eval), Linear
+        let x = self.fc1.forward_with(&x, Activation::Hardswish)?;
+        self.fc2.forward_with(&x, Activation::None)
     }
 }
 

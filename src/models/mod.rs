@@ -162,8 +162,3 @@ impl candle_core::Module for FoldedConv {
 pub(crate) fn global_avg_pool(x: &Tensor) -> CResult<Tensor> {
     crate::ops::global_avg_pool(x)
 }
-
-/// torch.nn.Hardswish outside a convolution: `x * relu6(x + 3) / 6`.
-pub(crate) fn hardswish(x: &Tensor) -> CResult<Tensor> {
-    x.mul(&((x + 3.0)?.clamp(0f32, 6f32)? / 6.0)?)
-}

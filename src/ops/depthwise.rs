@@ -11,9 +11,10 @@
 //! 3. the epilogue adds the residual and applies the activation while the block is in registers
 //!    (the bias is the accumulators' initial value).
 
-use super::cpu::{activate, fmadd, multiversion};
+use super::cpu::{fmadd, multiversion};
 use super::{Activation, Geometry};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Output columns per register block (one AVX-512 register, two AVX2 registers); planes at most
 /// [`NARROW`] wide use blocks of [`NARROW`] columns instead.
@@ -88,22 +89,30 @@ pub(crate) fn depthwise(
     let in_plane = g.h * g.w;
     let out_plane = g.oh * g.ow;
     let kk = g.k * g.k;
-    let mut out = vec![0f32; g.n * g.c * out_plane];
-    out.par_chunks_mut(out_plane).enumerate().for_each_init(
-        || vec![0f32; plan.scratch_len()],
-        |scratch, (idx, o)| {
-            let ch = idx % g.c;
-            let xin = &x[idx * in_plane..][..in_plane];
-            let r = res.map(|r| &r[idx * out_plane..][..out_plane]);
-            let b = bias.map_or(0.0, |b| b[ch]);
-            let w = &wt[ch * kk..][..kk];
-            if plan.ow <= NARROW {
-                plane_narrow(&plan, xin, w, b, r, act, scratch, o);
-            } else {
-                plane(&plan, xin, w, b, r, act, scratch, o);
-            }
-        },
-    );
+    let len = g.n * g.c * out_plane;
+    // Not zero-filled: the register blocks below store every output exactly once.
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(out_plane)
+        .enumerate()
+        .for_each_init(
+            || vec![0f32; plan.scratch_len()],
+            |scratch, (idx, o)| {
+                let ch = idx % g.c;
+                let xin = &x[idx * in_plane..][..in_plane];
+                let r = res.map(|r| &r[idx * out_plane..][..out_plane]);
+                let b = bias.map_or(0.0, |b| b[ch]);
+                let w = &wt[ch * kk..][..kk];
+                if plan.ow <= NARROW {
+                    plane_narrow(&plan, xin, w, b, r, act, scratch, o);
+                } else {
+                    plane(&plan, xin, w, b, r, act, scratch, o);
+                }
+            },
+        );
+    // SAFETY: every plane's `store` calls wrote all `oh * ow` of its floats (blocks of ROWS rows
+    // x L columns cover the plane), so all `len` floats are initialised.
+    unsafe { out.set_len(len) };
     out
 }
 
@@ -117,7 +126,7 @@ fn plane_body<const FMA: bool>(
     r: Option<&[f32]>,
     act: Activation,
     scratch: &mut [f32],
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
 ) {
     plane_impl::<FMA, LANES>(p, x, w, b, r, act, scratch, out)
 }
@@ -132,7 +141,7 @@ fn plane_narrow_body<const FMA: bool>(
     r: Option<&[f32]>,
     act: Activation,
     scratch: &mut [f32],
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
 ) {
     plane_impl::<FMA, NARROW>(p, x, w, b, r, act, scratch, out)
 }
@@ -147,7 +156,7 @@ fn plane_impl<const FMA: bool, const L: usize>(
     r: Option<&[f32]>,
     act: Activation,
     scratch: &mut [f32],
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
 ) {
     let phase_len = p.hp * p.wq;
     // `scratch` was zeroed when created and every plane of this call writes the same positions,
@@ -205,7 +214,9 @@ fn plane_impl<const FMA: bool, const L: usize>(
     let sp = scratch.as_ptr();
     for oy0 in (0..p.oh).step_by(ROWS) {
         let nrows = ROWS.min(p.oh - oy0);
-        for j0 in (0..p.ow).step_by(L) {
+        // Right to left: a partial block's full-width store spills into the next row's first
+        // columns, which a later block (same rows, j0 = 0) or row group then overwrites.
+        for j0 in (0..p.ow).step_by(L).rev() {
             let b0 = oy0 * row_step + j0;
             // Four named accumulators (not an array indexed in a loop) so they stay in registers.
             let (mut a0, mut a1, mut a2, mut a3) = ([b; L], [b; L], [b; L], [b; L]);
@@ -227,8 +238,10 @@ fn plane_impl<const FMA: bool, const L: usize>(
             match act {
                 Activation::None => store(out, r, rows, at, p.ow, ncol, |v| v),
                 Activation::Relu => store(out, r, rows, at, p.ow, ncol, |v| v.max(0.0)),
+                // times 1/6 rather than / 6: a vector division per output costs more than the
+                // 9 multiply-adds of a 3x3 tap (within an ulp of `cpu::activate`)
                 Activation::Hardswish => store(out, r, rows, at, p.ow, ncol, |v| {
-                    activate(v, Activation::Hardswish)
+                    v * ((v + 3.0).clamp(0.0, 6.0) * (1.0 / 6.0))
                 }),
             }
         }
@@ -293,7 +306,7 @@ unsafe fn fma_row<const FMA: bool, const L: usize>(acc: &mut [f32; L], src: *con
 /// `ncol` columns (the activation is a closure so each variant compiles to its own vector loop).
 #[inline(always)]
 fn store<const L: usize>(
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
     r: Option<&[f32]>,
     rows: &[[f32; L]],
     at: usize,
@@ -303,30 +316,38 @@ fn store<const L: usize>(
 ) {
     for (rr, a) in rows.iter().enumerate() {
         let o = at + rr * ow;
-        let dst = &mut out[o..][..ncol];
         match r {
             Some(r) => {
+                let dst = &mut out[o..][..ncol];
                 for ((d, v), rv) in dst.iter_mut().zip(a).zip(&r[o..][..ncol]) {
-                    *d = f(*v + *rv);
+                    d.write(f(*v + *rv));
                 }
             }
             None => {
-                if ncol == L {
-                    let dst: &mut [f32; L] = dst.try_into().unwrap_or_else(|_| unreachable!());
+                // A partial block stores all L lanes when they fit in the plane (the extra
+                // lanes land in later rows, stored afterwards, see `plane_impl`): one vector
+                // store instead of a short copy.
+                if ncol == L || o + L <= out.len() {
+                    let dst: &mut [MaybeUninit<f32>; L] = (&mut out[o..o + L])
+                        .try_into()
+                        .unwrap_or_else(|_| unreachable!());
                     for i in 0..L {
-                        dst[i] = f(a[i]);
+                        dst[i].write(f(a[i]));
                     }
                 } else {
+                    // Full-width vector epilogue, then the first `ncol` lanes.
                     let mut tmp = [0f32; L];
                     for i in 0..L {
                         tmp[i] = f(a[i]);
                     }
-                    dst.copy_from_slice(&tmp[..ncol]);
+                    for (d, t) in out[o..][..ncol].iter_mut().zip(&tmp) {
+                        d.write(*t);
+                    }
                 }
             }
         }
     }
 }
 
-multiversion!(fn plane(p: &Plan, x: &[f32], w: &[f32], b: f32, r: Option<&[f32]>, act: Activation, scratch: &mut [f32], out: &mut [f32]) => plane_body);
-multiversion!(fn plane_narrow(p: &Plan, x: &[f32], w: &[f32], b: f32, r: Option<&[f32]>, act: Activation, scratch: &mut [f32], out: &mut [f32]) => plane_narrow_body);
+multiversion!(fn plane(p: &Plan, x: &[f32], w: &[f32], b: f32, r: Option<&[f32]>, act: Activation, scratch: &mut [f32], out: &mut [MaybeUninit<f32>]) => plane_body);
+multiversion!(fn plane_narrow(p: &Plan, x: &[f32], w: &[f32], b: f32, r: Option<&[f32]>, act: Activation, scratch: &mut [f32], out: &mut [MaybeUninit<f32>]) => plane_narrow_body);

@@ -26,6 +26,7 @@ mod cpu;
 pub mod dense;
 pub mod depthwise;
 pub mod mmap;
+pub mod pointwise;
 pub mod pool;
 pub mod winograd;
 
@@ -246,15 +247,54 @@ fn fast_prepared(
         oh,
         ow,
     };
+    let one_by_one = kernel == Kernel::Dense && k == 1 && p.stride == 1 && p.padding == 0;
     let out = match kernel {
         Kernel::Depthwise => depthwise::depthwise(xv.slice()?, wv.slice()?, bs, rs, act, &geom),
         Kernel::Winograd(tile) => {
             let u = prepared.transformed(tile, wv.slice()?, o, c);
             winograd::winograd(xv.slice()?, u, tile, bs, rs, act, &geom)
         }
+        // SqueezeExcitation's 1x1 convolutions on a 1x1 map: dot products.
+        _ if one_by_one && h * wd == 1 && rs.is_none() && pointwise::gemv_available() => {
+            pointwise::gemv(xv.slice()?, wv.slice()?, bs, act, n, c, o)
+        }
+        _ if one_by_one && pointwise::conv1x1_preferred(n, c, o, h * wd) => {
+            pointwise::conv1x1(xv.slice()?, wv.slice()?, bs, rs, act, n, c, o, h * wd)
+        }
+        Kernel::Dense if pointwise::im2col_available(c, k, o) => {
+            pointwise::conv_im2col(xv.slice()?, wv.slice()?, bs, rs, act, &geom)
+        }
         _ => dense::dense(xv.slice()?, wv.slice()?, bs, rs, act, &geom),
     };
     Tensor::from_vec(out, (n, o, oh, ow), &Device::Cpu)
+}
+
+/// `act(x W^T + b)` for `x: [N, K]`, `w: [O, K]`, `b: [O]` (torch's `Linear` followed by `act`).
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Activation) -> Result<Tensor> {
+    let cpu_f32 = |t: &Tensor| t.dtype() == DType::F32 && matches!(t.device(), Device::Cpu);
+    let (Ok((n, k)), Ok((o, k2))) = (x.dims2(), w.dims2()) else {
+        candle_core::bail!("linear: input {:?}, weight {:?}", x.dims(), w.dims());
+    };
+    if k != k2 || b.is_some_and(|b| b.dims() != [o]) {
+        candle_core::bail!(
+            "linear: input {:?}, weight {:?}, bias {:?}",
+            x.dims(),
+            w.dims(),
+            b.map(|b| b.dims().to_vec())
+        );
+    }
+    let fast = cpu_f32(x) && cpu_f32(w) && b.is_none_or(cpu_f32) && k > 0;
+    if !fast || !pointwise::gemv_available() {
+        return reference::linear(x, w, b, act);
+    }
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    let b = b.map(|t| t.contiguous()).transpose()?;
+    let xv = cpu::F32View::new(&x)?;
+    let wv = cpu::F32View::new(&w)?;
+    let bv = b.as_ref().map(cpu::F32View::new).transpose()?;
+    let bs = bv.as_ref().map(|v| v.slice()).transpose()?;
+    let out = pointwise::gemv(xv.slice()?, wv.slice()?, bs, act, n, k, o);
+    Tensor::from_vec(out, (n, o), &Device::Cpu)
 }
 
 /// Shapes of one convolution call, all in elements.
@@ -291,6 +331,14 @@ pub mod reference {
         }
         if let Some(r) = residual {
             y = (y + r)?;
+        }
+        activation(&y, act)
+    }
+
+    pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Activation) -> Result<Tensor> {
+        let mut y = x.matmul(&w.t()?)?;
+        if let Some(b) = b {
+            y = y.broadcast_add(b)?;
         }
         activation(&y, act)
     }

@@ -1,0 +1,554 @@
+//! Small GEMMs with the epilogue fused, AVX-512 only (other CPUs keep the `gemm`-crate path):
+//! - [`conv1x1`]: `Y[n] = act(W[O,K] x X[n][K,P] + b [+ R[n]])`, a 1x1 stride-1 convolution on NCHW
+//!   (MobileNetV3's expand/project convolutions). Register blocks of [`MR`] output channels x
+//!   [`NV`] x 16 pixels (24 accumulators); the weights are broadcast straight from their row-major
+//!   rows, the input rows are read in place, so nothing is packed, and bias/residual/activation are
+//!   applied while the block is in registers (no second pass over the output, no zero-filled output);
+//!   Not used for one image of fewer than 64 pixels with K > 2*O (the `gemm` crate is faster there);
+//! - [`conv_im2col`]: RGB stems (`C*K*K <= 32`): im2col through stride phase planes (contiguous
+//!   copies, no strided gather) + the same kernel;
+//! - [`gemv`]: `Y[n, o] = act(W[o,:] . X[n,:] + b[o])` for the 1x1-spatial convolutions of
+//!   SqueezeExcitation and the classifier's `Linear` layers (dot products along K, 4 rows x up to
+//!   4 images per register block). At batch 1 these layers are bound by streaming the weights.
+//!
+//! Small calls run on the calling thread (a rayon region costs more than they do); larger ones are
+//! split into a few tasks over (image, pixel tile, output-channel group).
+
+use super::cpu::{level, Level};
+use super::{Activation, Geometry};
+use rayon::prelude::*;
+
+/// Output channels per register block of [`conv1x1`]: every O of MobileNetV3 is a multiple.
+pub(crate) const MR: usize = 8;
+/// 16-float vectors per register block row of [`conv1x1`].
+const NV: usize = 3;
+/// Pixels per register block of [`conv1x1`].
+const NP: usize = NV * 16;
+/// Below this many multiply-adds a call runs on the calling thread.
+const SERIAL_MACS: usize = 1 << 18;
+
+/// Whether [`conv1x1`] is the faster kernel for this 1x1 convolution: on AVX-512 CPUs, except a
+/// single image with few pixels and a deep reduction (MobileNetV3's 7x7 project convolutions, K =
+/// 672 or 960), where the `gemm` crate's packed kernel measured 10-15% faster.
+pub(crate) fn conv1x1_preferred(n: usize, k: usize, o: usize, p: usize) -> bool {
+    conv1x1_available(o) && !(n == 1 && p < 64 && k > 2 * o)
+}
+
+/// Whether [`conv1x1`] handles `o` output channels on this CPU.
+pub(crate) fn conv1x1_available(o: usize) -> bool {
+    o > 0 && o.is_multiple_of(MR) && level() == Level::Avx512
+}
+
+/// Whether [`gemv`] runs on this CPU.
+pub(crate) fn gemv_available() -> bool {
+    level() == Level::Avx512
+}
+
+/// A raw output pointer shared by tasks that write disjoint parts of one buffer.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks only write disjoint index ranges (see the callers), and the buffer outlives them.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// A method, not a field access, so closures capture the whole (Send + Sync) wrapper.
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Run `f(0..jobs)` serially or on rayon's pool.
+fn run_jobs(jobs: usize, serial: bool, f: impl Fn(usize) + Send + Sync) {
+    if serial || jobs <= 1 {
+        (0..jobs).for_each(f);
+    } else {
+        (0..jobs).into_par_iter().for_each(f);
+    }
+}
+
+/// `act(W x X + b [+ R])` per image: `x: [n, k, p]`, `w: [o, k]`, `res: [n, o, p]`, out `[n, o, p]`.
+/// The caller checks [`conv1x1_available`] and the slice lengths.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv1x1(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    res: Option<&[f32]>,
+    act: Activation,
+    n: usize,
+    k: usize,
+    o: usize,
+    p: usize,
+) -> Vec<f32> {
+    let len = n * o * p;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    // SAFETY: `out` has room for the `len` floats `conv1x1_raw` writes, all of them.
+    unsafe {
+        conv1x1_raw(x, w, bias, res, act, n, k, o, p, out.as_mut_ptr());
+        out.set_len(len);
+    }
+    out
+}
+
+/// [`conv1x1`] into `out_ptr`.
+///
+/// # Safety
+/// `out_ptr` must be valid for writing `n * o * p` floats (all of them are written) and not alias
+/// `x`, `w`, `bias` or `res`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn conv1x1_raw(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    res: Option<&[f32]>,
+    act: Activation,
+    n: usize,
+    k: usize,
+    o: usize,
+    p: usize,
+    out_ptr: *mut f32,
+) {
+    let len = n * o * p;
+    assert!(conv1x1_available(o) && k > 0);
+    assert!(x.len() >= n * k * p && w.len() >= o * k);
+    assert!(bias.is_none_or(|b| b.len() >= o) && res.is_none_or(|r| r.len() >= len));
+    let ptiles = p.div_ceil(NP);
+    let oblocks = o / MR;
+    // Enough tasks for two threads to balance, each a whole number of register blocks.
+    let base = n * ptiles;
+    let groups = if base >= 8 {
+        1
+    } else {
+        8usize.div_ceil(base).min(oblocks)
+    };
+    let per_group = oblocks.div_ceil(groups);
+    let groups = oblocks.div_ceil(per_group);
+    let serial = n * o * k * p < SERIAL_MACS;
+    let dst = OutPtr(out_ptr);
+    run_jobs(base * groups, serial, |job| {
+        let (img, rest) = (job / (ptiles * groups), job % (ptiles * groups));
+        let (pt, g) = (rest / groups, rest % groups);
+        let p0 = pt * NP;
+        let np = NP.min(p - p0);
+        let ob0 = g * per_group;
+        let ob1 = (ob0 + per_group).min(oblocks);
+        let xs = &x[img * k * p..][..k * p];
+        for ob in ob0..ob1 {
+            let o0 = ob * MR;
+            let bs = bias.map(|b| &b[o0..o0 + MR]);
+            let rs = res.map(|r| &r[(img * o + o0) * p..][..MR * p]);
+            // SAFETY: rows o0..o0+MR, pixels p0..p0+np of image `img` are in bounds of the
+            // `len`-float buffer (caller's contract) and written by this task only (tasks differ
+            // in image, pixel tile or output-channel group). Together the tasks write all of it.
+            unsafe {
+                let optr = dst.ptr().add((img * o + o0) * p + p0);
+                block(xs, w, bs, rs, act, k, p, o0, p0, np, optr);
+            }
+        }
+    });
+}
+
+/// Whether [`conv_im2col`] handles a `k`x`k` convolution of `c` input channels to `o` outputs:
+/// stems on RGB input (tiny `C*K*K`), where the `gemm` crate's packing overhead dominates.
+pub(crate) fn im2col_available(c: usize, k: usize, o: usize) -> bool {
+    c * k * k <= 32 && conv1x1_available(o)
+}
+
+/// Floats of the zero-padded phase planes of one image (see [`im2col_phases`]).
+fn phase_len(g: &Geometry) -> usize {
+    let (hp, wq) = phase_dims(g);
+    g.c * g.stride * hp * wq
+}
+
+/// Rows and columns of one phase plane.
+fn phase_dims(g: &Geometry) -> (usize, usize) {
+    (g.h + 2 * g.pad, (g.w + 2 * g.pad).div_ceil(g.stride))
+}
+
+/// im2col of one image `x: [C, H, W]` into `cols: [C*K*K, OH*OW]`. The zero-padded input is first
+/// split into `stride` phase planes per channel (padded column `q*s + ph` goes to plane `ph`,
+/// column `q`), so every row of `cols` is a run of contiguous copies instead of a strided gather.
+/// `phases` must be zero on entry outside the interior (it is only ever written there).
+fn im2col_phases(x: &[f32], g: &Geometry, phases: &mut [f32], cols: &mut [f32]) {
+    let s = g.stride;
+    let (hp, wq) = phase_dims(g);
+    let plane = hp * wq;
+    for c in 0..g.c {
+        let ph = &mut phases[c * s * plane..][..s * plane];
+        for iy in 0..g.h {
+            let row = &x[(c * g.h + iy) * g.w..][..g.w];
+            for f in 0..s {
+                // Input columns ix with (ix + pad) % s == f, i.e. padded column q*s + f.
+                let ix0 = (f + s - g.pad % s) % s;
+                if ix0 >= g.w {
+                    continue;
+                }
+                let q0 = (ix0 + g.pad) / s;
+                let dst = &mut ph[f * plane + (iy + g.pad) * wq + q0..];
+                for (d, v) in dst.iter_mut().zip(row[ix0..].iter().step_by(s)) {
+                    *d = *v;
+                }
+            }
+        }
+    }
+    let (k, ow) = (g.k, g.ow);
+    for (r, crow) in cols.chunks_exact_mut(g.oh * ow).enumerate() {
+        let (c, kh, kw) = (r / (k * k), (r / k) % k, r % k);
+        let src = &phases[(c * s + kw % s) * plane + kw / s..];
+        for (oy, d) in crow.chunks_exact_mut(ow).enumerate() {
+            d.copy_from_slice(&src[(oy * s + kh) * wq..][..ow]);
+        }
+    }
+}
+
+/// A dense `k`x`k` convolution as im2col (one image at a time) + [`conv1x1`]'s kernel.
+pub(crate) fn conv_im2col(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    res: Option<&[f32]>,
+    act: Activation,
+    g: &Geometry,
+) -> Vec<f32> {
+    let p = g.oh * g.ow;
+    let kdim = g.c * g.k * g.k;
+    let len = g.n * g.o * p;
+    let mut cols = vec![0f32; kdim * p];
+    let mut phases = vec![0f32; phase_len(g)];
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    for i in 0..g.n {
+        im2col_phases(
+            &x[i * g.c * g.h * g.w..][..g.c * g.h * g.w],
+            g,
+            &mut phases,
+            &mut cols,
+        );
+        let r = res.map(|r| &r[i * g.o * p..][..g.o * p]);
+        // SAFETY: image i's `o * p` outputs lie inside the `len`-float allocation.
+        unsafe {
+            conv1x1_raw(
+                &cols,
+                w,
+                bias,
+                r,
+                act,
+                1,
+                kdim,
+                g.o,
+                p,
+                out.as_mut_ptr().add(i * g.o * p),
+            )
+        };
+    }
+    // SAFETY: every image's outputs were written above.
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// One register block: channels `o0..o0+MR`, pixels `p0..p0+np` (np <= NP) of one image.
+///
+/// # Safety
+/// `out` must be valid for writing rows `0..MR` (stride `p`) of `np` floats; AVX-512 present.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+unsafe fn block(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    res: Option<&[f32]>,
+    act: Activation,
+    k: usize,
+    p: usize,
+    o0: usize,
+    p0: usize,
+    np: usize,
+    out: *mut f32,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let nv = np.div_ceil(16);
+        let tail = np - (nv - 1) * 16;
+        let mask: u16 = if tail == 16 {
+            0xFFFF
+        } else {
+            (1u16 << tail) - 1
+        };
+        let a = Args {
+            x: x[p0..].as_ptr(),
+            w: w[o0 * k..].as_ptr(),
+            bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
+            res: res.map_or(std::ptr::null(), |r| r[p0..].as_ptr()),
+            out,
+            k,
+            p,
+            mask,
+            act,
+        };
+        // SAFETY: the caller guarantees AVX-512 and the output rows; the input rows
+        // x[kk*p + p0 ..][..np] for kk < k lie in `x` (p0 + np <= p), the weight rows o0..o0+MR
+        // in `w`, the residual rows like the output rows; loads past `np` are masked out.
+        match nv {
+            1 => avx512::tile::<1>(&a),
+            2 => avx512::tile::<2>(&a),
+            _ => avx512::tile::<NV>(&a),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (x, w, bias, res, act, k, p, o0, p0, np, out);
+        unreachable!("conv1x1 is only dispatched on AVX-512 CPUs");
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+struct Args {
+    /// `x[0, p0]` of the image (row stride `p`).
+    x: *const f32,
+    /// Row `o0` of the weights (row stride `k`).
+    w: *const f32,
+    /// `MR` biases or null.
+    bias: *const f32,
+    /// Residual at (o0, p0) (row stride `p`) or null.
+    res: *const f32,
+    /// Output at (o0, p0) (row stride `p`).
+    out: *mut f32,
+    k: usize,
+    p: usize,
+    /// Lanes of the last vector of each row.
+    mask: u16,
+    act: Activation,
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Activation, Args, MR};
+    use std::arch::x86_64::*;
+
+    /// `v * clamp(v + 3, 0, 6) / 6` (times 1/6: a division per vector would cost as much as the
+    /// multiply-adds of a small-K block; within an ulp of [`super::super::cpu::activate`]).
+    #[inline(always)]
+    unsafe fn act(v: __m512, a: Activation) -> __m512 {
+        match a {
+            Activation::None => v,
+            Activation::Relu => _mm512_max_ps(v, _mm512_setzero_ps()),
+            Activation::Hardswish => {
+                let t = _mm512_add_ps(v, _mm512_set1_ps(3.0));
+                let t = _mm512_min_ps(_mm512_max_ps(t, _mm512_setzero_ps()), _mm512_set1_ps(6.0));
+                _mm512_mul_ps(v, _mm512_mul_ps(t, _mm512_set1_ps(1.0 / 6.0)))
+            }
+        }
+    }
+
+    /// # Safety
+    /// See `super::block`: AVX-512 present, all pointers valid for the rows/lanes used.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn tile<const V: usize>(a: &Args) {
+        let mask = a.mask as __mmask16;
+        let mut acc = [[_mm512_setzero_ps(); V]; MR];
+        if !a.bias.is_null() {
+            for (i, row) in acc.iter_mut().enumerate() {
+                *row = [_mm512_set1_ps(*a.bias.add(i)); V];
+            }
+        }
+        let (w, k, p) = (a.w, a.k, a.p);
+        for kk in 0..k {
+            let xr = a.x.add(kk * p);
+            let mut xv = [_mm512_setzero_ps(); V];
+            for (j, v) in xv.iter_mut().enumerate() {
+                *v = if j + 1 < V {
+                    _mm512_loadu_ps(xr.add(16 * j))
+                } else {
+                    _mm512_maskz_loadu_ps(mask, xr.add(16 * j))
+                };
+            }
+            for (i, row) in acc.iter_mut().enumerate() {
+                let wb = _mm512_set1_ps(*w.add(i * k + kk));
+                for (c, v) in row.iter_mut().zip(&xv) {
+                    *c = _mm512_fmadd_ps(wb, *v, *c);
+                }
+            }
+        }
+        for (i, row) in acc.iter().enumerate() {
+            let o = a.out.add(i * p);
+            let r = a.res.wrapping_add(i * p);
+            for (j, c) in row.iter().enumerate() {
+                let last = j + 1 == V;
+                let mut v = *c;
+                if !a.res.is_null() {
+                    let rv = if last {
+                        _mm512_maskz_loadu_ps(mask, r.add(16 * j))
+                    } else {
+                        _mm512_loadu_ps(r.add(16 * j))
+                    };
+                    v = _mm512_add_ps(v, rv);
+                }
+                let v = act(v, a.act);
+                if last {
+                    _mm512_mask_storeu_ps(o.add(16 * j), mask, v);
+                } else {
+                    _mm512_storeu_ps(o.add(16 * j), v);
+                }
+            }
+        }
+    }
+
+    /// `out[j*ldo + r] = act(w[r,:] . x[j,:] + b[r])` for `r < R`, `j < B`.
+    ///
+    /// # Safety
+    /// AVX-512 present; `w` valid for `R` rows of `k` floats (stride `k`), `x` for `B` rows
+    /// (stride `k`), `bias` for `R` floats or null, `out` as indexed above.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn dots<const R: usize, const B: usize>(
+        w: *const f32,
+        x: *const f32,
+        k: usize,
+        bias: *const f32,
+        act_kind: Activation,
+        out: *mut f32,
+        ldo: usize,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); B]; R];
+        let full = k / 16;
+        for c in 0..full {
+            let mut xv = [_mm512_setzero_ps(); B];
+            for (j, v) in xv.iter_mut().enumerate() {
+                *v = _mm512_loadu_ps(x.add(j * k + 16 * c));
+            }
+            for (r, row) in acc.iter_mut().enumerate() {
+                let wv = _mm512_loadu_ps(w.add(r * k + 16 * c));
+                for (a, v) in row.iter_mut().zip(&xv) {
+                    *a = _mm512_fmadd_ps(wv, *v, *a);
+                }
+            }
+        }
+        let rem = k - full * 16;
+        if rem > 0 {
+            let m = ((1u32 << rem) - 1) as __mmask16;
+            let mut xv = [_mm512_setzero_ps(); B];
+            for (j, v) in xv.iter_mut().enumerate() {
+                *v = _mm512_maskz_loadu_ps(m, x.add(j * k + 16 * full));
+            }
+            for (r, row) in acc.iter_mut().enumerate() {
+                let wv = _mm512_maskz_loadu_ps(m, w.add(r * k + 16 * full));
+                for (a, v) in row.iter_mut().zip(&xv) {
+                    *a = _mm512_fmadd_ps(wv, *v, *a);
+                }
+            }
+        }
+        for (r, row) in acc.iter().enumerate() {
+            let b = if bias.is_null() { 0.0 } else { *bias.add(r) };
+            for (j, a) in row.iter().enumerate() {
+                let s = _mm512_reduce_add_ps(*a) + b;
+                *out.add(j * ldo + r) = super::super::cpu::activate(s, act_kind);
+            }
+        }
+    }
+}
+
+/// `bias + r`, or null without a bias.
+#[cfg(target_arch = "x86_64")]
+fn row_bias(bias: *const f32, r: usize) -> *const f32 {
+    if bias.is_null() {
+        bias
+    } else {
+        bias.wrapping_add(r)
+    }
+}
+
+/// Rows of [`gemv`]'s register block and images per block.
+const GR: usize = 4;
+const GB: usize = 4;
+
+/// `out[j, r] = act(w[r,:] . x[j,:] + bias[r])` for `x: [n, k]`, `w: [o, k]`, out `[n, o]`.
+/// The caller checks [`gemv_available`].
+pub(crate) fn gemv(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    act: Activation,
+    n: usize,
+    k: usize,
+    o: usize,
+) -> Vec<f32> {
+    let len = n * o;
+    assert!(gemv_available() && k > 0);
+    assert!(x.len() >= n * k && w.len() >= o * k && bias.is_none_or(|b| b.len() >= o));
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let serial = n * o * k < SERIAL_MACS;
+    // Row groups: a few per thread so both threads stream half of the weights each.
+    let rblocks = o.div_ceil(GR);
+    let groups = if serial { 1 } else { rblocks.min(8) };
+    let per_group = rblocks.div_ceil(groups);
+    let groups = rblocks.div_ceil(per_group);
+    let dst = OutPtr(out.as_mut_ptr());
+    run_jobs(groups, serial, |g| {
+        let r0 = g * per_group * GR;
+        let r1 = ((g + 1) * per_group * GR).min(o);
+        for j0 in (0..n).step_by(GB) {
+            let nb = GB.min(n - j0);
+            for rb in (r0..r1).step_by(GR) {
+                let nr = GR.min(r1 - rb);
+                // SAFETY: rows rb..rb+nr of `w`, images j0..j0+nb of `x` and `bias[rb..]` are in
+                // bounds (asserted above); the outputs (j, r) for those rows/images lie in the
+                // `len`-float buffer and only this task writes rows r0..r1. AVX-512 is present
+                // (gemv_available).
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    let wp = w[rb * k..].as_ptr();
+                    let xp = x[j0 * k..].as_ptr();
+                    let bp = bias.map_or(std::ptr::null(), |b| b[rb..].as_ptr());
+                    let op = dst.ptr().add(j0 * o + rb);
+                    macro_rules! go {
+                        ($r:literal, $b:literal) => {
+                            avx512::dots::<$r, $b>(wp, xp, k, bp, act, op, o)
+                        };
+                    }
+                    match (nr, nb) {
+                        (4, 4) => go!(4, 4),
+                        (4, 3) => go!(4, 3),
+                        (4, 2) => go!(4, 2),
+                        (4, 1) => go!(4, 1),
+                        (_, 4) => {
+                            for r in 0..nr {
+                                avx512::dots::<1, 4>(
+                                    wp.add(r * k),
+                                    xp,
+                                    k,
+                                    row_bias(bp, r),
+                                    act,
+                                    op.add(r),
+                                    o,
+                                )
+                            }
+                        }
+                        _ => {
+                            for r in 0..nr {
+                                for j in 0..nb {
+                                    avx512::dots::<1, 1>(
+                                        wp.add(r * k),
+                                        xp.add(j * k),
+                                        k,
+                                        row_bias(bp, r),
+                                        act,
+                                        op.add(j * o + r),
+                                        o,
+                                    )
+                                }
+                            }
+                        }
+                    }
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                {
+                    let _ = (rb, nr, nb, &dst);
+                    unreachable!("gemv is only dispatched on AVX-512 CPUs");
+                }
+            }
+        }
+    });
+    // SAFETY: every (image, row) output was written above.
+    unsafe { out.set_len(len) };
+    out
+}
