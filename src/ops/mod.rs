@@ -12,10 +12,15 @@
 //!   over the GEMM output;
 //! - dense 3x3 stride 1 where it is faster ([`winograd::choose`]): Winograd F(2x2,3x3)
 //!   ([`winograd`]), its transformed weights kept in a [`PreparedWeight`] (pass one to
-//!   [`conv2d_prepared`]; plain [`conv2d`] transforms the weight on every call).
+//!   [`conv2d_prepared`]; plain [`conv2d`] transforms the weight on every call), or only in its
+//!   transformed form, the original dropped, in a [`WinogradWeight`] ([`conv2d_winograd`]: always
+//!   Winograd, for layers that never take another kernel);
 //!   `IMGCLASS_WINOGRAD=0` in the environment (read once) turns it off (the A/B switch for
 //!   benchmarks); `IMGCLASS_WINOGRAD=f4` also uses F(4x4,3x3) from 28x28 up (a little faster,
 //!   3x the rounding error);
+//! - MobileNetV3's 1x1 convolutions, SqueezeExcitation's 1x1-map convolutions and the RGB stem
+//!   on AVX-512 CPUs: register-blocked kernels with the epilogue in registers ([`pointwise`]);
+//!   [`linear`] (the classifier) as a fused GEMV there too;
 //! - anything else (other grouped convolutions, non-f32, non-CPU): the plain candle reference.
 //!
 //! [`pool`] has the other ops of the two networks (global average pooling, SqueezeExcitation's
@@ -31,7 +36,7 @@ pub mod pool;
 pub mod winograd;
 
 pub use pool::{global_avg_pool, max_pool2d, se_scale};
-pub use winograd::PreparedWeight;
+pub use winograd::{PreparedWeight, WinogradWeight};
 
 use candle_core::{DType, Device, Result, Tensor};
 
@@ -208,9 +213,102 @@ fn fast_prepared(
     residual: Option<&Tensor>,
     kernel: Kernel,
 ) -> Result<Tensor> {
-    let w = prepared.weight();
-    let (n, c, h, wd) = x.dims4()?;
+    let w = prepared.weight().contiguous()?;
     let (o, _, k, _) = w.dims4()?;
+    let wv = cpu::F32View::new(&w)?;
+    run_fast(x, o, k, b, p, residual, |xs, bs, rs, geom| {
+        let (n, c, h, wd) = (geom.n, geom.c, geom.h, geom.w);
+        let xv = xs;
+        let out = match kernel {
+            Kernel::Depthwise => depthwise::depthwise(xv, wv.slice()?, bs, rs, act, geom),
+            Kernel::Winograd(tile) => {
+                let u = prepared.transformed(tile, wv.slice()?, o, c);
+                winograd::winograd(xv, u, tile, bs, rs, act, geom)
+            }
+            // SqueezeExcitation's 1x1 convolutions on a 1x1 map: dot products.
+            _ if one_by_one(kernel, k, p)
+                && h * wd == 1
+                && rs.is_none()
+                && pointwise::gemv_available() =>
+            {
+                pointwise::gemv(xv, wv.slice()?, bs, act, n, c, o)
+            }
+            _ if one_by_one(kernel, k, p) && pointwise::conv1x1_preferred(n, c, o, h * wd) => {
+                pointwise::conv1x1(xv, wv.slice()?, bs, rs, act, n, c, o, h * wd)
+            }
+            Kernel::Dense if pointwise::im2col_available(c, k, o) => {
+                pointwise::conv_im2col(xv, wv.slice()?, bs, rs, act, geom)
+            }
+            _ => dense::dense(xv, wv.slice()?, bs, rs, act, geom),
+        };
+        Ok(out)
+    })
+}
+
+fn one_by_one(kernel: Kernel, k: usize, p: ConvParams) -> bool {
+    kernel == Kernel::Dense && k == 1 && p.stride == 1 && p.padding == 0
+}
+
+/// `act(conv2d(x, w) + b [+ residual])` with a weight kept only in its Winograd form
+/// ([`WinogradWeight`]): always F(2,3); stride 1, groups 1, any input size.
+pub fn conv2d_winograd(
+    x: &Tensor,
+    w: &WinogradWeight,
+    b: Option<&Tensor>,
+    padding: usize,
+    act: Activation,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
+    let cpu_f32 = x.dtype() == DType::F32 && matches!(x.device(), Device::Cpu);
+    let (_, c, h, wd) = x.dims4()?;
+    if !cpu_f32 || c != w.in_channels() || h + 2 * padding < 3 || wd + 2 * padding < 3 {
+        candle_core::bail!(
+            "conv2d_winograd: cannot run {:?} ({:?}) * [{}, {}, 3, 3] with padding {padding}",
+            x.dims(),
+            x.dtype(),
+            w.out_channels(),
+            w.in_channels()
+        );
+    }
+    let p = ConvParams {
+        stride: 1,
+        padding,
+        groups: 1,
+    };
+    run_fast(
+        x,
+        w.out_channels(),
+        3,
+        b,
+        p,
+        residual,
+        |xs, bs, rs, geom| {
+            Ok(winograd::winograd(
+                xs,
+                w.transformed(),
+                winograd::Tile::F2,
+                bs,
+                rs,
+                act,
+                geom,
+            ))
+        },
+    )
+}
+
+/// Checks the bias and residual shapes, makes the operands contiguous f32 slices and runs `f` on
+/// them with the convolution's geometry (`o` output channels, `k`x`k` kernel); `f` returns the
+/// `[N, O, OH, OW]` output.
+fn run_fast(
+    x: &Tensor,
+    o: usize,
+    k: usize,
+    b: Option<&Tensor>,
+    p: ConvParams,
+    residual: Option<&Tensor>,
+    f: impl FnOnce(&[f32], Option<&[f32]>, Option<&[f32]>, &Geometry) -> Result<Vec<f32>>,
+) -> Result<Tensor> {
+    let (n, c, h, wd) = x.dims4()?;
     let oh = (h + 2 * p.padding - k) / p.stride + 1;
     let ow = (wd + 2 * p.padding - k) / p.stride + 1;
     if let Some(b) = b {
@@ -226,11 +324,10 @@ fn fast_prepared(
             );
         }
     }
-    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    let x = x.contiguous()?;
     let b = b.map(|t| t.contiguous()).transpose()?;
     let residual = residual.map(|t| t.contiguous()).transpose()?;
     let xv = cpu::F32View::new(&x)?;
-    let wv = cpu::F32View::new(&w)?;
     let bv = b.as_ref().map(cpu::F32View::new).transpose()?;
     let rv = residual.as_ref().map(cpu::F32View::new).transpose()?;
     let bs = bv.as_ref().map(|v| v.slice()).transpose()?;
@@ -247,25 +344,7 @@ fn fast_prepared(
         oh,
         ow,
     };
-    let one_by_one = kernel == Kernel::Dense && k == 1 && p.stride == 1 && p.padding == 0;
-    let out = match kernel {
-        Kernel::Depthwise => depthwise::depthwise(xv.slice()?, wv.slice()?, bs, rs, act, &geom),
-        Kernel::Winograd(tile) => {
-            let u = prepared.transformed(tile, wv.slice()?, o, c);
-            winograd::winograd(xv.slice()?, u, tile, bs, rs, act, &geom)
-        }
-        // SqueezeExcitation's 1x1 convolutions on a 1x1 map: dot products.
-        _ if one_by_one && h * wd == 1 && rs.is_none() && pointwise::gemv_available() => {
-            pointwise::gemv(xv.slice()?, wv.slice()?, bs, act, n, c, o)
-        }
-        _ if one_by_one && pointwise::conv1x1_preferred(n, c, o, h * wd) => {
-            pointwise::conv1x1(xv.slice()?, wv.slice()?, bs, rs, act, n, c, o, h * wd)
-        }
-        Kernel::Dense if pointwise::im2col_available(c, k, o) => {
-            pointwise::conv_im2col(xv.slice()?, wv.slice()?, bs, rs, act, &geom)
-        }
-        _ => dense::dense(xv.slice()?, wv.slice()?, bs, rs, act, &geom),
-    };
+    let out = f(xv.slice()?, bs, rs, &geom)?;
     Tensor::from_vec(out, (n, o, oh, ow), &Device::Cpu)
 }
 

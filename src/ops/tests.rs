@@ -409,6 +409,37 @@ fn winograd_prepared_weight_is_reused_and_matches() {
 }
 
 #[test]
+fn winograd_only_weight_matches_reference_and_checks_shapes() {
+    // the form Wide ResNet keeps for the layers that always run as Winograd (original dropped)
+    for case in [
+        dense(2, 32, 14, 14, 16, 3, 1, 1),
+        dense(1, 5, 9, 11, 4, 3, 1, 1),
+        dense(3, 4, 2, 2, 3, 3, 1, 1),
+        dense(2, 6, 8, 7, 5, 3, 1, 0),
+    ] {
+        let (x, wt, p) = operands(&case);
+        let ww = WinogradWeight::new(&wt).unwrap();
+        let b = rand_tensor(&[case.o], 7);
+        let y0 = reference::conv2d(&x, &wt, None, p, Activation::None, None).unwrap();
+        let r = rand_tensor(y0.dims(), 8);
+        for (act, res) in [(Activation::None, None), (Activation::Relu, Some(&r))] {
+            let want = reference::conv2d(&x, &wt, Some(&b), p, act, res).unwrap();
+            let got = conv2d_winograd(&x, &ww, Some(&b), p.padding, act, res).unwrap();
+            let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(max_diff(&got, &want) <= 2e-5 * scale.max(1.0), "{case:?} {act:?}");
+        }
+    }
+    // wrong input channels, a non-3x3 weight, a residual of the wrong shape: errors, not panics
+    let (x, wt, _) = operands(&dense(1, 4, 8, 8, 2, 3, 1, 1));
+    let other = WinogradWeight::new(&rand_tensor(&[2, 5, 3, 3], 9)).unwrap();
+    assert!(conv2d_winograd(&x, &other, None, 1, Activation::None, None).is_err());
+    assert!(WinogradWeight::new(&rand_tensor(&[2, 4, 1, 1], 9)).is_err());
+    let ww = WinogradWeight::new(&wt).unwrap();
+    let bad = rand_tensor(&[1, 2, 7, 7], 9);
+    assert!(conv2d_winograd(&x, &ww, None, 1, Activation::None, Some(&bad)).is_err());
+}
+
+#[test]
 fn winograd_refuses_shapes_it_cannot_run() {
     let kernel = Kernel::Winograd(winograd::Tile::F4);
     for case in [

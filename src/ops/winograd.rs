@@ -169,6 +169,59 @@ impl PreparedWeight {
     }
 }
 
+/// A dense 3x3 weight kept ONLY in its F(2,3)-transformed form: the original is dropped, so a
+/// layer that always runs as Winograd (see [`super::conv2d_winograd`]) holds 16/9 of its weight
+/// instead of 25/9 ([`PreparedWeight`] keeps both).
+#[derive(Clone)]
+pub struct WinogradWeight {
+    u: Arc<Vec<f32>>,
+    o: usize,
+    c: usize,
+}
+
+impl std::fmt::Debug for WinogradWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WinogradWeight")
+            .field("out_channels", &self.o)
+            .field("in_channels", &self.c)
+            .finish()
+    }
+}
+
+impl WinogradWeight {
+    /// Transform `w` (`[O, C, 3, 3]`, f32, CPU).
+    pub fn new(w: &Tensor) -> candle_core::Result<Self> {
+        let (o, c, kh, kw) = w.dims4()?;
+        if kh != 3 || kw != 3 || w.dtype() != candle_core::DType::F32 || !w.device().is_cpu() {
+            candle_core::bail!(
+                "WinogradWeight: expected an f32 CPU [O, C, 3, 3] weight, got {:?} {:?}",
+                w.dims(),
+                w.dtype()
+            );
+        }
+        let w = w.contiguous()?;
+        let v = super::cpu::F32View::new(&w)?;
+        let u = transform_weights(v.slice()?, o, c, Tile::F2);
+        Ok(Self {
+            u: Arc::new(u),
+            o,
+            c,
+        })
+    }
+
+    pub fn out_channels(&self) -> usize {
+        self.o
+    }
+
+    pub fn in_channels(&self) -> usize {
+        self.c
+    }
+
+    pub(crate) fn transformed(&self) -> &[f32] {
+        &self.u
+    }
+}
+
 /// `U[e][o][c] = (G w[o][c] G^T)[e]`, computed in f64 and rounded once.
 pub(crate) fn transform_weights(w: &[f32], o: usize, c: usize, tile: Tile) -> Vec<f32> {
     let a = tile.a();
