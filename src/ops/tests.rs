@@ -425,8 +425,17 @@ fn winograd_only_weight_matches_reference_and_checks_shapes() {
         for (act, res) in [(Activation::None, None), (Activation::Relu, Some(&r))] {
             let want = reference::conv2d(&x, &wt, Some(&b), p, act, res).unwrap();
             let got = conv2d_winograd(&x, &ww, Some(&b), p.padding, act, res).unwrap();
-            let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            assert!(max_diff(&got, &want) <= 2e-5 * scale.max(1.0), "{case:?} {act:?}");
+            let scale = want
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                max_diff(&got, &want) <= 2e-5 * scale.max(1.0),
+                "{case:?} {act:?}"
+            );
         }
     }
     // wrong input channels, a non-3x3 weight, a residual of the wrong shape: errors, not panics
