@@ -128,12 +128,8 @@ pub fn conv2d(
     residual: Option<&Tensor>,
 ) -> Result<Tensor> {
     match select_kernel(x, w, p) {
-        Kernel::Winograd(_) => {
-            conv2d_prepared(x, &PreparedWeight::new(w.clone()), b, p, act, residual)
-        }
-        Kernel::Depthwise => fast(x, w, b, p, act, residual, Kernel::Depthwise),
-        Kernel::Dense => fast(x, w, b, p, act, residual, Kernel::Dense),
         Kernel::Reference => reference::conv2d(x, w, b, p, act, residual),
+        k => fast_prepared(x, &PreparedWeight::new(w.clone()), b, p, act, residual, k),
     }
 }
 
@@ -182,26 +178,6 @@ pub fn conv2d_with_kernel(
         Kernel::Reference => reference::conv2d(x, w.weight(), b, p, act, residual),
         k => fast_prepared(x, w, b, p, act, residual, k),
     }
-}
-
-fn fast(
-    x: &Tensor,
-    w: &Tensor,
-    b: Option<&Tensor>,
-    p: ConvParams,
-    act: Activation,
-    residual: Option<&Tensor>,
-    kernel: Kernel,
-) -> Result<Tensor> {
-    fast_prepared(
-        x,
-        &PreparedWeight::new(w.clone()),
-        b,
-        p,
-        act,
-        residual,
-        kernel,
-    )
 }
 
 fn fast_prepared(
