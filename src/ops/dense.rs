@@ -184,10 +184,31 @@ fn gemm_call(
     dst: &mut [f32],
     par: Parallelism,
 ) {
-    assert!(lhs.len() >= m * k && rhs.len() >= k * n && dst.len() >= m * n);
-    // SAFETY: the three buffers are in bounds for the given sizes and strides (asserted above),
-    // `dst` is exclusively borrowed and does not alias `lhs` or `rhs`; `read_dst == false`, so
-    // the previous content of `dst` is never read.
+    gemm_strided(m, n, k, lhs, rhs, n, dst, par);
+}
+
+/// `dst[m, n] = lhs[m, k] x rhs[k, n]` with `lhs` and `dst` row-major contiguous and `rhs` rows
+/// `rhs_rs` floats apart (`par`: the calling thread only, or rayon's pool).
+#[allow(clippy::too_many_arguments)] // the GEMM shape, operands and strides, as gemm::gemm takes them
+pub(crate) fn gemm_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: &[f32],
+    rhs: &[f32],
+    rhs_rs: usize,
+    dst: &mut [f32],
+    par: Parallelism,
+) {
+    if k == 0 {
+        dst[..m * n].fill(0.0);
+        return;
+    }
+    assert!(lhs.len() >= m * k && dst.len() >= m * n && rhs_rs >= n);
+    assert!(rhs.len() >= (k - 1) * rhs_rs + n);
+    // SAFETY: every element read or written is in bounds of its slice for these sizes and strides
+    // (asserted above); `dst` is exclusively borrowed and does not alias `lhs` or `rhs`;
+    // `read_dst == false`, so the previous content of `dst` is never read.
     unsafe {
         gemm::gemm(
             m,
@@ -202,7 +223,7 @@ fn gemm_call(
             k as isize,
             rhs.as_ptr(),
             1,
-            n as isize,
+            rhs_rs as isize,
             0.0f32,
             1.0f32,
             false,

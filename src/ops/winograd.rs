@@ -18,6 +18,7 @@
 //! [`PreparedWeight`]; [`super::conv2d`] without one transforms the weight on every call.
 
 use super::cpu::{epilogue, multiversion};
+use super::dense::gemm_strided;
 use super::{Activation, Geometry};
 use candle_core::Tensor;
 use gemm::Parallelism;
@@ -371,6 +372,7 @@ fn chunk(
                     &v[e * vs..],
                     aa * vs,
                     dst,
+                    Parallelism::None,
                 )
             });
         let mm = &*mm;
@@ -395,51 +397,6 @@ struct OutJob<'a> {
     t_all: usize,
     g: &'a Geometry,
     act: Activation,
-}
-
-/// `dst[m, n] = lhs[m, k] x rhs[k, n]` with `lhs` and `dst` row-major contiguous and `rhs` rows
-/// `rhs_rs` floats apart, on the calling thread.
-fn gemm_strided(
-    m: usize,
-    n: usize,
-    k: usize,
-    lhs: &[f32],
-    rhs: &[f32],
-    rhs_rs: usize,
-    dst: &mut [f32],
-) {
-    if k == 0 {
-        dst[..m * n].fill(0.0);
-        return;
-    }
-    assert!(lhs.len() >= m * k && dst.len() >= m * n && rhs_rs >= n);
-    assert!(rhs.len() >= (k - 1) * rhs_rs + n);
-    // SAFETY: every element read or written is in bounds of its slice for these sizes and strides
-    // (asserted above); `dst` is exclusively borrowed and does not alias `lhs` or `rhs`;
-    // `read_dst == false`, so the previous content of `dst` is never read.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            lhs.as_ptr(),
-            1,
-            k as isize,
-            rhs.as_ptr(),
-            1,
-            rhs_rs as isize,
-            0.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        );
-    }
 }
 
 /// `L` lanes of f32: one value of `L` neighbouring tiles.
