@@ -1,0 +1,258 @@
+//! Per-layer time of MobileNetV3-Large's forward pass (batch B, random values), through the same
+//! `ops` calls the model makes: where the milliseconds go.
+//!
+//! With `wrn` as the first argument: Wide ResNet-50-2's convolutions instead (3x3 ones through a
+//! `PreparedWeight`, so they take the kernel the model takes).
+//!
+//!     cargo run --release --example layer_profile -- [wrn] [batch] [iters]
+use candle_core::{Device, Result, Tensor};
+use imgclass::models::mobilenet_v3::{make_divisible, MOBILENET_V3_LARGE_BLOCKS};
+use imgclass::ops::{self, Activation, ConvParams};
+use std::time::Instant;
+
+fn rnd(shape: &[usize]) -> Result<Tensor> {
+    Tensor::randn(0f32, 0.1, shape, &Device::Cpu)
+}
+
+struct Timer {
+    rows: Vec<(String, f64)>,
+    iters: usize,
+}
+
+impl Timer {
+    fn time<T>(&mut self, name: String, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+        let mut best = f64::MAX;
+        let mut times = Vec::with_capacity(self.iters);
+        let mut out = f()?;
+        for _ in 0..self.iters {
+            let t = Instant::now();
+            out = f()?;
+            let dt = t.elapsed().as_secs_f64() * 1e3;
+            best = best.min(dt);
+            times.push(dt);
+        }
+        times.sort_by(f64::total_cmp);
+        self.rows.push((name, times[times.len() / 2]));
+        Ok(out)
+    }
+}
+
+fn main() -> Result<()> {
+    ops::configure_threads();
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let n = args.first().copied().unwrap_or(1);
+    let iters = args.get(1).copied().unwrap_or(200);
+    if std::env::args().nth(1).as_deref() == Some("wrn") {
+        return ops::in_pool(|| run_wrn(n, iters));
+    }
+    ops::in_pool(|| run(n, iters))
+}
+
+fn run(n: usize, iters: usize) -> Result<()> {
+    let mut t = Timer {
+        rows: Vec::new(),
+        iters,
+    };
+    let pw = ConvParams {
+        stride: 1,
+        padding: 0,
+        groups: 1,
+    };
+    let x = rnd(&[n, 3, 224, 224])?;
+    let w = rnd(&[16, 3, 3, 3])?;
+    let b = rnd(&[16])?;
+    let stem = ConvParams {
+        stride: 2,
+        padding: 1,
+        groups: 1,
+    };
+    let mut x = t.time("stem 3x3/2 3->16 @112".into(), || {
+        ops::conv2d(&x, &w, Some(&b), stem, Activation::Hardswish, None)
+    })?;
+    for (i, c) in MOBILENET_V3_LARGE_BLOCKS.iter().enumerate() {
+        let act = if c.use_hs {
+            Activation::Hardswish
+        } else {
+            Activation::Relu
+        };
+        let input = x.clone();
+        let side = x.dims()[2];
+        let mut y = x.clone();
+        if c.expanded_channels != c.input_channels {
+            let w = rnd(&[c.expanded_channels, c.input_channels, 1, 1])?;
+            let b = rnd(&[c.expanded_channels])?;
+            y = t.time(
+                format!(
+                    "b{i:<2} expand {}->{} @{side}",
+                    c.input_channels, c.expanded_channels
+                ),
+                || ops::conv2d(&x, &w, Some(&b), pw, act, None),
+            )?;
+        }
+        let e = c.expanded_channels;
+        let w = rnd(&[e, 1, c.kernel, c.kernel])?;
+        let b = rnd(&[e])?;
+        let dp = ConvParams {
+            stride: c.stride,
+            padding: (c.kernel - 1) / 2,
+            groups: e,
+        };
+        let yin = y.clone();
+        y = t.time(
+            format!(
+                "b{i:<2} dw{}x{}/{} {e} @{side}",
+                c.kernel, c.kernel, c.stride
+            ),
+            || ops::conv2d(&yin, &w, Some(&b), dp, act, None),
+        )?;
+        if c.use_se {
+            let s = make_divisible((e / 4) as f64, 8);
+            let w1 = rnd(&[s, e, 1, 1])?;
+            let b1 = rnd(&[s])?;
+            let w2 = rnd(&[e, s, 1, 1])?;
+            let b2 = rnd(&[e])?;
+            let yin = y.clone();
+            y = t.time(format!("b{i:<2} se {e}->{s}"), || {
+                let pooled = ops::global_avg_pool(&yin)?.reshape((n, e, 1, 1))?;
+                let s = ops::conv2d(&pooled, &w1, Some(&b1), pw, Activation::Relu, None)?;
+                let s = ops::conv2d(&s, &w2, Some(&b2), pw, Activation::None, None)?;
+                ops::se_scale(&yin, &s)
+            })?;
+        }
+        let w = rnd(&[c.out_channels, e, 1, 1])?;
+        let b = rnd(&[c.out_channels])?;
+        let res = (c.stride == 1 && c.input_channels == c.out_channels).then_some(&input);
+        let oside = y.dims()[2];
+        x = t.time(
+            format!("b{i:<2} project {e}->{} @{oside}", c.out_channels),
+            || ops::conv2d(&y, &w, Some(&b), pw, Activation::None, res),
+        )?;
+    }
+    let w = rnd(&[960, 160, 1, 1])?;
+    let b = rnd(&[960])?;
+    let x = t.time("last 160->960 @7".into(), || {
+        ops::conv2d(&x, &w, Some(&b), pw, Activation::Hardswish, None)
+    })?;
+    let w1 = rnd(&[1280, 960])?;
+    let b1 = rnd(&[1280])?;
+    let w2 = rnd(&[1000, 1280])?;
+    let b2 = rnd(&[1000])?;
+    t.time("pool + classifier".into(), || {
+        let p = ops::global_avg_pool(&x)?.reshape((n, 960))?;
+        let h = ops::linear(&p, &w1, Some(&b1), Activation::Hardswish)?;
+        ops::linear(&h, &w2, Some(&b2), Activation::None)
+    })?;
+    report(&t, n);
+    Ok(())
+}
+
+fn run_wrn(n: usize, iters: usize) -> Result<()> {
+    use imgclass::models::resnet::ResNetConfig;
+    let mut t = Timer {
+        rows: Vec::new(),
+        iters,
+    };
+    let conv = |x: &Tensor,
+                o: usize,
+                k: usize,
+                s: usize,
+                act,
+                res: Option<&Tensor>|
+     -> Result<(Tensor, f64)> {
+        let c = x.dims()[1];
+        let w = ops::PreparedWeight::new(rnd(&[o, c, k, k])?);
+        let b = rnd(&[o])?;
+        let p = ConvParams {
+            stride: s,
+            padding: (k - 1) / 2,
+            groups: 1,
+        };
+        let mut times = Vec::new();
+        let mut y = ops::conv2d_prepared(x, &w, Some(&b), p, act, res)?;
+        for _ in 0..iters {
+            let t0 = Instant::now();
+            y = ops::conv2d_prepared(x, &w, Some(&b), p, act, res)?;
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        times.sort_by(f64::total_cmp);
+        Ok((y, times[times.len() / 2]))
+    };
+    let x = rnd(&[n, 3, 224, 224])?;
+    let (y, ms) = conv(&x, 64, 7, 2, Activation::Relu, None)?;
+    t.rows.push(("stem 7x7/2 3->64".into(), ms));
+    let mut x = ops::max_pool2d(&y, 3, 2, 1)?;
+    for (s, i, b) in ResNetConfig::wide_resnet50_2().blocks() {
+        let side = x.dims()[2];
+        let (y1, ms) = conv(&x, b.width, 1, 1, Activation::Relu, None)?;
+        t.rows.push((
+            format!("l{s}.{i} conv1 1x1 {}->{} @{side}", b.inplanes, b.width),
+            ms,
+        ));
+        let (y2, ms) = conv(&y1, b.width, 3, b.stride, Activation::Relu, None)?;
+        t.rows.push((
+            format!("l{s}.{i} conv2 3x3/{} {} @{side}", b.stride, b.width),
+            ms,
+        ));
+        let side2 = y2.dims()[2];
+        let id = if b.downsample {
+            let xs = if b.stride == 2 {
+                // torchvision: the 1x1 downsample conv has the stride
+                x.clone()
+            } else {
+                x.clone()
+            };
+            let (d, ms) = conv(&xs, b.out_channels, 1, b.stride, Activation::None, None)?;
+            t.rows
+                .push((format!("l{s}.{i} downsample 1x1/{} @{side}", b.stride), ms));
+            d
+        } else {
+            x.clone()
+        };
+        let (y3, ms) = conv(&y2, b.out_channels, 1, 1, Activation::Relu, Some(&id))?;
+        t.rows.push((
+            format!(
+                "l{s}.{i} conv3 1x1 {}->{} @{side2}",
+                b.width, b.out_channels
+            ),
+            ms,
+        ));
+        x = y3;
+    }
+    report(&t, n);
+    Ok(())
+}
+
+fn report(t: &Timer, n: usize) {
+    let total: f64 = t.rows.iter().map(|r| r.1).sum();
+    for (name, ms) in &t.rows {
+        println!("{name:<32} {:>7.3} ms {:>5.1}%", ms, 100.0 * ms / total);
+    }
+    let mut kinds = std::collections::BTreeMap::<&str, f64>::new();
+    for (name, ms) in &t.rows {
+        let kind = [
+            "expand",
+            "dw",
+            "se",
+            "project",
+            "stem",
+            "last",
+            "classifier",
+            "conv1",
+            "3x3/1",
+            "3x3/2",
+            "downsample",
+            "conv3",
+        ]
+        .into_iter()
+        .find(|k| name.contains(k))
+        .unwrap_or("other");
+        *kinds.entry(kind).or_default() += ms;
+    }
+    println!("sum of medians {total:.3} ms (batch {n})");
+    for (k, ms) in kinds {
+        println!("  {k:<10} {ms:>7.3} ms");
+    }
+}
