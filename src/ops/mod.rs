@@ -39,6 +39,7 @@ pub use pool::{global_avg_pool, max_pool2d, se_scale};
 pub use winograd::{PreparedWeight, WinogradWeight};
 
 use candle_core::{DType, Device, Result, Tensor};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// Keep candle's own elementwise thread pool ("candle-bp", spinning workers) from competing with
 /// rayon's pool, which runs every kernel here: on a 2-core machine the two pools oversubscribe the
@@ -60,7 +61,76 @@ pub fn configure_threads() {
 /// microseconds each. Called from inside the pool they start at once. `rayon::scope` from outside
 /// the pool runs its body on a pool thread and blocks until it is done.
 pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    rayon::scope(|_| f())
+    if IN_POOL.get() {
+        // Nested call: already on a pool thread, with a warm pool.
+        return f();
+    }
+    let done = AtomicBool::new(false);
+    rayon::scope(|s| {
+        let (_guard, alone) = InPoolGuard::enter();
+        // Only a forward pass that runs alone keeps the pool warm (see `keep_warm`).
+        if alone && spin_enabled() {
+            let owner = rayon::current_thread_index();
+            let done = &done;
+            s.spawn(move |_| keep_warm(owner, done));
+        }
+        let r = f();
+        done.store(true, Ordering::Release);
+        r
+    })
+}
+
+thread_local! {
+    /// Whether this thread is running the body of an [`in_pool`] call.
+    static IN_POOL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// [`in_pool`] bodies running now (all threads).
+static ACTIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// Marks this thread as inside [`in_pool`] and counts it in [`ACTIVE`] until dropped.
+struct InPoolGuard;
+
+impl InPoolGuard {
+    /// The guard, and whether no other [`in_pool`] body was running.
+    fn enter() -> (Self, bool) {
+        IN_POOL.set(true);
+        let before = ACTIVE.fetch_add(1, Ordering::AcqRel);
+        (Self, before == 0)
+    }
+}
+
+impl Drop for InPoolGuard {
+    fn drop(&mut self) {
+        ACTIVE.fetch_sub(1, Ordering::AcqRel);
+        IN_POOL.set(false);
+    }
+}
+
+/// Whether [`in_pool`] keeps the pool's other threads spinning during a forward pass:
+/// `IMGCLASS_SPIN=0` in the environment (read once) turns it off (the A/B switch for benchmarks).
+pub fn spin_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("IMGCLASS_SPIN").map_or(true, |v| v.trim() != "0"))
+}
+
+/// Runs on another pool thread for the length of one forward pass and keeps it busy: it runs the
+/// pass's parallel work as soon as it is queued (`rayon::yield_now` steals one job) instead of
+/// letting the thread fall asleep between two of the ~150 kernels and paying a futex wake-up (tens of
+/// microseconds on a VM) at the start of the next one. ONNX Runtime's pool spins the same way.
+///
+/// It stops when the pass is done, and at once when another forward pass starts concurrently (then
+/// nobody spins): it must never sit, spinning, on top of the frames of work that another pass waits
+/// for. It never runs on the thread of the pass it serves (`owner`) for the same reason.
+fn keep_warm(owner: Option<usize>, done: &AtomicBool) {
+    let alone = || ACTIVE.load(Ordering::Acquire) == 1;
+    if rayon::current_thread_index() != owner {
+        while !done.load(Ordering::Acquire) && alone() {
+            if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                std::hint::spin_loop();
+            }
+        }
+    }
 }
 
 /// Activation fused after a convolution (and after the residual add, when there is one).

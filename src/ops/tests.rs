@@ -531,3 +531,55 @@ fn linear_matches_reference() {
     )
     .is_err());
 }
+
+/// A forward-pass-like body: many small parallel kernels in a row, and a result to check.
+fn many_kernels(seed: usize) -> usize {
+    use rayon::prelude::*;
+    (0..200)
+        .map(|i| {
+            (0..64usize)
+                .into_par_iter()
+                .map(|j| j * (i + seed))
+                .sum::<usize>()
+        })
+        .sum()
+}
+
+fn many_kernels_serial(seed: usize) -> usize {
+    (0..200)
+        .map(|i| (0..64usize).map(|j| j * (i + seed)).sum::<usize>())
+        .sum()
+}
+
+#[test]
+fn in_pool_nested_calls_run_the_body_once_and_return_its_value() {
+    let v = in_pool(|| in_pool(|| many_kernels(3)) + in_pool(|| 1));
+    assert_eq!(v, many_kernels_serial(3) + 1);
+}
+
+#[test]
+fn in_pool_concurrent_forward_passes_all_finish_with_their_own_results() {
+    // Several threads run "forward passes" at once, each one also nesting a second `in_pool`:
+    // the pool-warming spinner must neither deadlock nor mix up results.
+    let handles: Vec<_> = (0..6)
+        .map(|t| {
+            std::thread::spawn(move || {
+                (0..20)
+                    .map(|r| in_pool(|| many_kernels(t * 100 + r) + in_pool(|| many_kernels(r))))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for (t, h) in handles.into_iter().enumerate() {
+        let got = h.join().expect("worker thread panicked");
+        let want: Vec<_> = (0..20)
+            .map(|r| many_kernels_serial(t * 100 + r) + many_kernels_serial(r))
+            .collect();
+        assert_eq!(got, want, "thread {t}");
+    }
+    assert_eq!(
+        ACTIVE.load(Ordering::Acquire),
+        0,
+        "every in_pool body has ended"
+    );
+}
