@@ -149,79 +149,165 @@ fn run(n: usize, iters: usize) -> Result<()> {
     Ok(())
 }
 
+/// One convolution of the Wide ResNet sequence: reads `acts[input]` (and `acts[res]`), appends its output.
+struct WrnLayer {
+    name: String,
+    w: ops::PreparedWeight,
+    b: Tensor,
+    p: ConvParams,
+    act: Activation,
+    input: usize,
+    res: Option<usize>,
+    /// max-pool the output (the stem)
+    pool: bool,
+}
+
+impl WrnLayer {
+    fn run(&self, acts: &[Tensor]) -> Result<Tensor> {
+        let res = self.res.map(|r| &acts[r]);
+        let y = ops::conv2d_prepared(
+            &acts[self.input],
+            &self.w,
+            Some(&self.b),
+            self.p,
+            self.act,
+            res,
+        )?;
+        if self.pool {
+            ops::max_pool2d(&y, 3, 2, 1)
+        } else {
+            Ok(y)
+        }
+    }
+}
+
+/// Wide ResNet's convolutions, each timed alone (hot: its weights and input stay in cache across
+/// iterations) and inside whole sequential passes (as in the model: every layer's weights come back
+/// from memory), so the difference shows where weight streaming costs.
 fn run_wrn(n: usize, iters: usize) -> Result<()> {
     use imgclass::models::resnet::ResNetConfig;
-    let mut t = Timer {
-        rows: Vec::new(),
-        iters,
-    };
-    let conv = |x: &Tensor,
-                o: usize,
-                k: usize,
-                s: usize,
-                act,
-                res: Option<&Tensor>|
-     -> Result<(Tensor, f64)> {
-        let c = x.dims()[1];
-        let w = ops::PreparedWeight::new(rnd(&[o, c, k, k])?);
-        let b = rnd(&[o])?;
-        let p = ConvParams {
-            stride: s,
-            padding: (k - 1) / 2,
-            groups: 1,
+    let mut layers: Vec<WrnLayer> = Vec::new();
+    let mut acts = vec![rnd(&[n, 3, 224, 224])?];
+    let mut add = |acts: &mut Vec<Tensor>,
+                   name: String,
+                   input: usize,
+                   o: usize,
+                   k: usize,
+                   s: usize,
+                   act,
+                   res,
+                   pool|
+     -> Result<usize> {
+        let c = acts[input].dims()[1];
+        let layer = WrnLayer {
+            name,
+            w: ops::PreparedWeight::new(rnd(&[o, c, k, k])?),
+            b: rnd(&[o])?,
+            p: ConvParams {
+                stride: s,
+                padding: (k - 1) / 2,
+                groups: 1,
+            },
+            act,
+            input,
+            res,
+            pool,
         };
-        let mut times = Vec::new();
-        let mut y = ops::conv2d_prepared(x, &w, Some(&b), p, act, res)?;
-        for _ in 0..iters {
-            let t0 = Instant::now();
-            y = ops::conv2d_prepared(x, &w, Some(&b), p, act, res)?;
-            times.push(t0.elapsed().as_secs_f64() * 1e3);
-        }
-        times.sort_by(f64::total_cmp);
-        Ok((y, times[times.len() / 2]))
+        acts.push(layer.run(acts)?);
+        layers.push(layer);
+        Ok(acts.len() - 1)
     };
-    let x = rnd(&[n, 3, 224, 224])?;
-    let (y, ms) = conv(&x, 64, 7, 2, Activation::Relu, None)?;
-    t.rows.push(("stem 7x7/2 3->64".into(), ms));
-    let mut x = ops::max_pool2d(&y, 3, 2, 1)?;
+    let mut x = add(
+        &mut acts,
+        "stem 7x7/2 3->64 (+maxpool)".into(),
+        0,
+        64,
+        7,
+        2,
+        Activation::Relu,
+        None,
+        true,
+    )?;
     for (s, i, b) in ResNetConfig::wide_resnet50_2().blocks() {
-        let side = x.dims()[2];
-        let (y1, ms) = conv(&x, b.width, 1, 1, Activation::Relu, None)?;
-        t.rows.push((
+        let side = acts[x].dims()[2];
+        let y1 = add(
+            &mut acts,
             format!("l{s}.{i} conv1 1x1 {}->{} @{side}", b.inplanes, b.width),
-            ms,
-        ));
-        let (y2, ms) = conv(&y1, b.width, 3, b.stride, Activation::Relu, None)?;
-        t.rows.push((
+            x,
+            b.width,
+            1,
+            1,
+            Activation::Relu,
+            None,
+            false,
+        )?;
+        let y2 = add(
+            &mut acts,
             format!("l{s}.{i} conv2 3x3/{} {} @{side}", b.stride, b.width),
-            ms,
-        ));
-        let side2 = y2.dims()[2];
+            y1,
+            b.width,
+            3,
+            b.stride,
+            Activation::Relu,
+            None,
+            false,
+        )?;
+        let side2 = acts[y2].dims()[2];
         let id = if b.downsample {
-            let xs = if b.stride == 2 {
-                // torchvision: the 1x1 downsample conv has the stride
-                x.clone()
-            } else {
-                x.clone()
-            };
-            let (d, ms) = conv(&xs, b.out_channels, 1, b.stride, Activation::None, None)?;
-            t.rows
-                .push((format!("l{s}.{i} downsample 1x1/{} @{side}", b.stride), ms));
-            d
+            add(
+                &mut acts,
+                format!("l{s}.{i} downsample 1x1/{} @{side}", b.stride),
+                x,
+                b.out_channels,
+                1,
+                b.stride,
+                Activation::None,
+                None,
+                false,
+            )?
         } else {
-            x.clone()
+            x
         };
-        let (y3, ms) = conv(&y2, b.out_channels, 1, 1, Activation::Relu, Some(&id))?;
-        t.rows.push((
+        x = add(
+            &mut acts,
             format!(
                 "l{s}.{i} conv3 1x1 {}->{} @{side2}",
                 b.width, b.out_channels
             ),
-            ms,
-        ));
-        x = y3;
+            y2,
+            b.out_channels,
+            1,
+            1,
+            Activation::Relu,
+            Some(id),
+            false,
+        )?;
+    }
+    let mut seq = vec![Vec::with_capacity(iters); layers.len()];
+    for _ in 0..iters {
+        for (l, times) in layers.iter().zip(seq.iter_mut()) {
+            let t0 = Instant::now();
+            let y = l.run(&acts)?;
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+            drop(y);
+        }
+    }
+    let mut t = Timer {
+        rows: Vec::new(),
+        iters,
+    };
+    let mut seq_total = 0.0;
+    for (l, mut times) in layers.iter().zip(seq) {
+        times.sort_by(f64::total_cmp);
+        let in_seq = times[times.len() / 2];
+        seq_total += in_seq;
+        t.time(
+            format!("{:<34} in pass {in_seq:>7.3} ms, alone", l.name),
+            || l.run(&acts),
+        )?;
     }
     report(&t, n);
+    println!("sum of in-pass medians {seq_total:.3} ms");
     Ok(())
 }
 
