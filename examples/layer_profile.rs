@@ -2,7 +2,8 @@
 //! `ops` calls the model makes: where the milliseconds go.
 //!
 //! With `wrn` as the first argument: Wide ResNet-50-2's convolutions instead (3x3 ones through a
-//! `PreparedWeight`, so they take the kernel the model takes).
+//! `PreparedWeight`, so they take the kernel the model takes; 1x1 stride-1 ones through a packed
+//! `PointwiseWeight`, as the model, unless `IMGCLASS_PACK1X1=0`).
 //!
 //!     cargo run --release --example layer_profile -- [wrn] [batch] [iters]
 use candle_core::{Device, Result, Tensor};
@@ -170,11 +171,23 @@ fn run_wrn(n: usize, iters: usize) -> Result<()> {
             padding: (k - 1) / 2,
             groups: 1,
         };
+        // 1x1 stride-1: packed once, as the model does (unless IMGCLASS_PACK1X1=0).
+        let pixels = x.dims()[2] * x.dims()[3];
+        let packed = match ops::PointwiseWeight::layout_for(o, pixels) {
+            Some(l) if k == 1 && s == 1 && ops::pack1x1_enabled() => {
+                Some(ops::PointwiseWeight::new(w.weight(), l)?)
+            }
+            _ => None,
+        };
+        let run = || match &packed {
+            Some(pw) => ops::conv2d_pointwise(x, pw, Some(&b), act, res),
+            None => ops::conv2d_prepared(x, &w, Some(&b), p, act, res),
+        };
         let mut times = Vec::new();
-        let mut y = ops::conv2d_prepared(x, &w, Some(&b), p, act, res)?;
+        let mut y = run()?;
         for _ in 0..iters {
             let t0 = Instant::now();
-            y = ops::conv2d_prepared(x, &w, Some(&b), p, act, res)?;
+            y = run()?;
             times.push(t0.elapsed().as_secs_f64() * 1e3);
         }
         times.sort_by(f64::total_cmp);
