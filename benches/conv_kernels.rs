@@ -4,6 +4,8 @@
 //! Run: `cargo bench --bench conv_kernels` (filter: `cargo bench --bench conv_kernels -- depthwise`).
 //! The `wrn3x3_batch{1,8}` groups compare, on the 3x3 stride-1 layers of Wide ResNet-50-2, the
 //! Winograd kernels (F(2,3) and F(4,3), weights transformed once), im2col + GEMM and candle.
+//! The `wrn1x1_batch{1,8}` groups compare, on its 1x1 stride-1 layers, the unpacked AVX-512
+//! kernel with the two packed-weight layouts (`ops::conv2d_pointwise`).
 //! Set `RAYON_NUM_THREADS` to pin the thread count (the README figures use the machine's 2 cores).
 
 use candle_core::{Device, Tensor};
@@ -200,5 +202,53 @@ fn linear(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, batch1, wrn3x3, linear);
+/// Wide ResNet-50-2's 1x1 stride-1 convolutions (conv1 shapes, one per feature-map size): the
+/// unpacked kernel behind `ops::conv2d` against both packed layouts (`ops::conv2d_pointwise`,
+/// weight packed once outside the timing), at batch 1 and 8. Skipped where the CPU cannot pack.
+fn wrn1x1(c: &mut Criterion) {
+    use ops::packed1x1::Layout;
+    for batch in [1, 8] {
+        let mut group = c.benchmark_group(format!("wrn1x1_batch{batch}"));
+        group
+            .sample_size(10)
+            .warm_up_time(Duration::from_millis(500))
+            .measurement_time(Duration::from_secs(2));
+        let p = ConvParams {
+            stride: 1,
+            padding: 0,
+            groups: 1,
+        };
+        for (k, o, hw) in [
+            (256, 128, 56),
+            (512, 256, 28),
+            (1024, 512, 14),
+            (2048, 1024, 7),
+        ] {
+            let name = format!("{k}to{o}_{hw}");
+            let x = rand(&[batch, k, hw, hw]);
+            let w = rand(&[o, k, 1, 1]);
+            let b = rand(&[o]);
+            group.bench_function(BenchmarkId::new("unpacked", &name), |bch| {
+                bch.iter(|| ops::conv2d(&x, &w, Some(&b), p, Activation::Relu, None).unwrap())
+            });
+            for (label, layout) in [
+                ("panels8", Layout::Panels8),
+                ("channel_vectors", Layout::ChannelVectors),
+            ] {
+                if !ops::PointwiseWeight::supported(o, layout) {
+                    continue;
+                }
+                let pw = ops::PointwiseWeight::new(&w, layout).unwrap();
+                group.bench_function(BenchmarkId::new(label, &name), |bch| {
+                    bch.iter(|| {
+                        ops::conv2d_pointwise(&x, &pw, Some(&b), Activation::Relu, None).unwrap()
+                    })
+                });
+            }
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, batch1, wrn3x3, linear, wrn1x1);
 criterion_main!(benches);

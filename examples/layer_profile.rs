@@ -2,7 +2,8 @@
 //! `ops` calls the model makes: where the milliseconds go.
 //!
 //! With `wrn` as the first argument: Wide ResNet-50-2's convolutions instead (3x3 ones through a
-//! `PreparedWeight`, so they take the kernel the model takes).
+//! `PreparedWeight`, so they take the kernel the model takes; 1x1 stride-1 ones through a packed
+//! `PointwiseWeight`, as the model, unless `IMGCLASS_PACK1X1=0`).
 //!
 //!     cargo run --release --example layer_profile -- [wrn] [batch] [iters]
 use candle_core::{Device, Result, Tensor};
@@ -153,6 +154,8 @@ fn run(n: usize, iters: usize) -> Result<()> {
 struct WrnLayer {
     name: String,
     w: ops::PreparedWeight,
+    /// 1x1 stride-1 weights packed once, as the model keeps them (unless `IMGCLASS_PACK1X1=0`)
+    packed: Option<ops::PointwiseWeight>,
     b: Tensor,
     p: ConvParams,
     act: Activation,
@@ -165,14 +168,11 @@ struct WrnLayer {
 impl WrnLayer {
     fn run(&self, acts: &[Tensor]) -> Result<Tensor> {
         let res = self.res.map(|r| &acts[r]);
-        let y = ops::conv2d_prepared(
-            &acts[self.input],
-            &self.w,
-            Some(&self.b),
-            self.p,
-            self.act,
-            res,
-        )?;
+        let x = &acts[self.input];
+        let y = match &self.packed {
+            Some(pw) => ops::conv2d_pointwise(x, pw, Some(&self.b), self.act, res)?,
+            None => ops::conv2d_prepared(x, &self.w, Some(&self.b), self.p, self.act, res)?,
+        };
         if self.pool {
             ops::max_pool2d(&y, 3, 2, 1)
         } else {
@@ -199,9 +199,18 @@ fn run_wrn(n: usize, iters: usize) -> Result<()> {
                    pool|
      -> Result<usize> {
         let c = acts[input].dims()[1];
+        let w = rnd(&[o, c, k, k])?;
+        let pixels = acts[input].dims()[2] * acts[input].dims()[3];
+        let packed = match ops::PointwiseWeight::layout_for(o, pixels) {
+            Some(l) if k == 1 && s == 1 && ops::pack1x1_enabled() => {
+                Some(ops::PointwiseWeight::new(&w, l)?)
+            }
+            _ => None,
+        };
         let layer = WrnLayer {
             name,
-            w: ops::PreparedWeight::new(rnd(&[o, c, k, k])?),
+            w: ops::PreparedWeight::new(w),
+            packed,
             b: rnd(&[o])?,
             p: ConvParams {
                 stride: s,

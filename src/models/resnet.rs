@@ -6,7 +6,7 @@
 
 use super::{global_avg_pool, ConvBnConfig, FoldedConv};
 use crate::models::classifier::INPUT_SIZE;
-use crate::ops::{self, Activation, PreparedWeight, WinogradWeight};
+use crate::ops::{self, packed1x1, Activation, PointwiseWeight, PreparedWeight, WinogradWeight};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
@@ -215,22 +215,76 @@ impl PreparedConv {
     }
 }
 
+/// A 1x1 stride-1 [`FoldedConv`] whose weight is kept only packed ([`PointwiseWeight`], in the
+/// layout measured faster for the feature map it runs on at imgclass's input size) on AVX-512
+/// CPUs, or the plain conv elsewhere (and with `IMGCLASS_PACK1X1=0`). Packed layers run on any
+/// input size.
+#[derive(Clone, Debug)]
+enum PointwiseConv {
+    Plain(FoldedConv),
+    Packed {
+        weight: PointwiseWeight,
+        bias: Tensor,
+        act: Activation,
+    },
+}
+
+impl PointwiseConv {
+    /// `pixels`: the feature map (per image) the layer sees at imgclass's input size.
+    fn new(conv: FoldedConv, pixels: usize) -> Result<Self> {
+        let p = conv.params;
+        let (o, _, kh, _) = conv.weight.dims4()?;
+        let layout = packed1x1::PointwiseWeight::layout_for(o, pixels);
+        match layout {
+            Some(l)
+                if kh == 1
+                    && p.stride == 1
+                    && p.padding == 0
+                    && p.groups == 1
+                    && ops::pack1x1_enabled() =>
+            {
+                Ok(Self::Packed {
+                    weight: PointwiseWeight::new(&conv.weight, l)?,
+                    bias: conv.bias,
+                    act: conv.act,
+                })
+            }
+            _ => Ok(Self::Plain(conv)),
+        }
+    }
+
+    fn forward_with(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+        match self {
+            Self::Plain(c) => c.forward_with(x, residual),
+            Self::Packed { weight, bias, act } => {
+                ops::conv2d_pointwise(x, weight, Some(bias), *act, residual)
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Bottleneck {
-    conv1: FoldedConv,
+    conv1: PointwiseConv,
     conv2: PreparedConv,
-    conv3: FoldedConv,
+    conv3: PointwiseConv,
     downsample: Option<FoldedConv>,
 }
 
 impl Bottleneck {
     pub fn new(vb: VarBuilder, cfg: &BottleneckConfig) -> Result<Self> {
-        Self::build(vb, cfg, false)
+        Self::build(vb, cfg, false, 0)
     }
 
     /// `winograd_only`: keep only the Winograd form of the 3x3 weight (stride 1 only; see
-    /// [`PreparedConv`]).
-    fn build(vb: VarBuilder, cfg: &BottleneckConfig, winograd_only: bool) -> Result<Self> {
+    /// [`PreparedConv`]). `side`: the side of the block's input feature map at imgclass's input
+    /// size (picks the packed layout of the 1x1 weights, see [`PointwiseConv`]).
+    fn build(
+        vb: VarBuilder,
+        cfg: &BottleneckConfig,
+        winograd_only: bool,
+        side: usize,
+    ) -> Result<Self> {
         let [c1, c2, c3] = cfg.convs();
         let downsample = match cfg.downsample_conv() {
             Some(d) => {
@@ -240,7 +294,10 @@ impl Bottleneck {
             None => None,
         };
         Ok(Self {
-            conv1: FoldedConv::new(vb.pp("conv1"), vb.pp("bn1"), &c1)?,
+            conv1: PointwiseConv::new(
+                FoldedConv::new(vb.pp("conv1"), vb.pp("bn1"), &c1)?,
+                side * side,
+            )?,
             conv2: {
                 let conv2 = FoldedConv::new(vb.pp("conv2"), vb.pp("bn2"), &c2)?;
                 if winograd_only {
@@ -249,7 +306,13 @@ impl Bottleneck {
                     PreparedConv::new(conv2)
                 }
             },
-            conv3: FoldedConv::new(vb.pp("conv3"), vb.pp("bn3"), &c3)?,
+            conv3: {
+                let out_side = side.div_ceil(cfg.stride.max(1));
+                PointwiseConv::new(
+                    FoldedConv::new(vb.pp("conv3"), vb.pp("bn3"), &c3)?,
+                    out_side * out_side,
+                )?
+            },
             downsample,
         })
     }
@@ -261,7 +324,7 @@ impl Module for Bottleneck {
             Some(d) => d.forward(x)?,
             None => x.clone(),
         };
-        let y = self.conv1.forward(x)?;
+        let y = self.conv1.forward_with(x, None)?;
         let y = self.conv2.forward(&y)?;
         self.conv3.forward_with(&y, Some(&identity))
     }
@@ -292,7 +355,15 @@ impl ResNet {
             .blocks()
             .iter()
             .map(|(s, i, b)| {
-                Bottleneck::build(vb.pp(format!("layer{s}")).pp(i), b, winograd_only(*s, b))
+                // The block's input side: the previous stage's for the first block of stages 2-4.
+                let side = (INPUT_SIZE / 4) >> (s - 1);
+                let side = if b.stride == 2 { side * 2 } else { side };
+                Bottleneck::build(
+                    vb.pp(format!("layer{s}")).pp(i),
+                    b,
+                    winograd_only(*s, b),
+                    side,
+                )
             })
             .collect::<Result<Vec<_>>>()?;
         let fc = candle_nn::linear(cfg.feature_channels(), cfg.num_classes, vb.pp("fc"))?;

@@ -21,6 +21,11 @@
 //! - MobileNetV3's 1x1 convolutions, SqueezeExcitation's 1x1-map convolutions and the RGB stem
 //!   on AVX-512 CPUs: register-blocked kernels with the epilogue in registers ([`pointwise`]);
 //!   [`linear`] (the classifier) as a fused GEMV there too;
+//! - Wide ResNet's 1x1 stride-1 convolutions on AVX-512 CPUs: the weight kept only in a packed
+//!   layout ([`PointwiseWeight`], [`conv2d_pointwise`], [`packed1x1`]): 8-channel panels (register
+//!   blocks of 8 channels x 48 pixels, reduction blocked by 128) from 14x14 up, 48-channel vectors
+//!   (48 channels x up to 8 pixels, no lanes lost to the pixel remainder) on 7x7;
+//!   `IMGCLASS_PACK1X1=0` (read once) keeps them on the unpacked kernel (the A/B switch);
 //! - anything else (other grouped convolutions, non-f32, non-CPU): the plain candle reference.
 //!
 //! [`pool`] has the other ops of the two networks (global average pooling, SqueezeExcitation's
@@ -31,10 +36,12 @@ mod cpu;
 pub mod dense;
 pub mod depthwise;
 pub mod mmap;
+pub mod packed1x1;
 pub mod pointwise;
 pub mod pool;
 pub mod winograd;
 
+pub use packed1x1::PointwiseWeight;
 pub use pool::{global_avg_pool, max_pool2d, se_scale};
 pub use winograd::{PreparedWeight, WinogradWeight};
 
@@ -340,6 +347,43 @@ pub fn conv2d_winograd(
             ))
         },
     )
+}
+
+/// `act(conv2d(x, w) + b [+ residual])` for a 1x1 stride-1 convolution whose weight is kept only
+/// in a packed layout ([`PointwiseWeight`]; AVX-512 CPUs).
+pub fn conv2d_pointwise(
+    x: &Tensor,
+    w: &PointwiseWeight,
+    b: Option<&Tensor>,
+    act: Activation,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
+    let cpu_f32 = x.dtype() == DType::F32 && matches!(x.device(), Device::Cpu);
+    let (_, c, h, wd) = x.dims4()?;
+    if !cpu_f32 || c != w.in_channels() || h * wd == 0 {
+        candle_core::bail!(
+            "conv2d_pointwise: cannot run {:?} ({:?}) * [{}, {}, 1, 1]",
+            x.dims(),
+            x.dtype(),
+            w.out_channels(),
+            w.in_channels()
+        );
+    }
+    let p = ConvParams {
+        stride: 1,
+        padding: 0,
+        groups: 1,
+    };
+    run_fast(x, w.out_channels(), 1, b, p, residual, |xs, bs, rs, g| {
+        Ok(w.run(xs, bs, rs, act, g.n, g.h * g.w))
+    })
+}
+
+/// Whether 1x1 weights may be kept packed ([`PointwiseWeight`]): `IMGCLASS_PACK1X1=0` in the
+/// environment turns it off (the A/B switch for benchmarks); read once per process.
+pub fn pack1x1_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("IMGCLASS_PACK1X1").map_or(true, |v| v.trim() != "0"))
 }
 
 /// Checks the bias and residual shapes, makes the operands contiguous f32 slices and runs `f` on

@@ -70,7 +70,7 @@ fn run_jobs(jobs: usize, serial: bool, f: impl Fn(usize) + Send + Sync) {
 /// `act(W x X + b [+ R])` per image: `x: [n, k, p]`, `w: [o, k]`, `res: [n, o, p]`, out `[n, o, p]`.
 /// The caller checks [`conv1x1_available`] and the slice lengths.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn conv1x1(
+pub fn conv1x1(
     x: &[f32],
     w: &[f32],
     bias: Option<&[f32]>,

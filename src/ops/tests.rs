@@ -577,9 +577,104 @@ fn in_pool_concurrent_forward_passes_all_finish_with_their_own_results() {
             .collect();
         assert_eq!(got, want, "thread {t}");
     }
+}
+
+#[test]
+fn packed_pointwise_matches_reference() {
+    // Both packed layouts (8-channel panels, 48-channel vectors) of Wide ResNet's 1x1 convolutions,
+    // on WRN shapes (channels reduced where that keeps the test quick) and on remainders: pixels
+    // not a multiple of 16 or 8 (49, 196, 17, 1), K not a multiple of the 128-channel reduction
+    // block (1, 130, 200, 300), 16/32-channel last panels (O = 16, 32, 80, 112), batches 1-3.
+    use packed1x1::Layout;
+    let cases = [
+        (1, 64, 56, 56, 128),
+        (2, 256, 28, 28, 128),
+        (1, 512, 14, 14, 256),
+        (3, 1024, 7, 7, 64),
+        (1, 300, 7, 7, 80),
+        (2, 130, 5, 9, 112),
+        (1, 200, 4, 4, 32),
+        (2, 1, 3, 3, 16),
+        (1, 17, 1, 17, 48),
+        (3, 40, 1, 1, 16),
+    ];
+    let mut checked = 0;
+    for (n, c, h, w, o) in cases {
+        let case = dense(n, c, h, w, o, 1, 1, 0);
+        let (x, wt, p) = operands(&case);
+        let b = rand_tensor(&[o], 3);
+        let r = rand_tensor(&[n, o, h, w], 4);
+        for layout in [Layout::Panels8, Layout::ChannelVectors] {
+            if !PointwiseWeight::supported(o, layout) {
+                // not an AVX-512 CPU (or O not a multiple of the panel): refused, not a panic
+                assert!(PointwiseWeight::new(&wt, layout).is_err());
+                continue;
+            }
+            let pw = PointwiseWeight::new(&wt, layout).unwrap();
+            assert_eq!(pw.layout(), layout);
+            for (bb, act, rr) in [
+                (None, Activation::None, None),
+                (Some(&b), Activation::Relu, None),
+                (Some(&b), Activation::Hardswish, None),
+                (Some(&b), Activation::Relu, Some(&r)),
+                (None, Activation::None, Some(&r)),
+            ] {
+                let want = reference::conv2d(&x, &wt, bb, p, act, rr).unwrap();
+                let got = conv2d_pointwise(&x, &pw, bb, act, rr).unwrap();
+                assert_eq!(got.dims(), want.dims());
+                let scale = want
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+                    .max(1.0);
+                let diff = max_diff(&got, &want);
+                assert!(
+                    diff <= 2e-5 * scale,
+                    "{layout:?} {case:?} bias {} {act:?} res {}: diff {diff} scale {scale}",
+                    bb.is_some(),
+                    rr.is_some()
+                );
+                checked += 1;
+            }
+        }
+    }
+    if cpu::level() == cpu::Level::Avx512 {
+        assert!(checked >= 90, "{checked}");
+    }
+}
+
+#[test]
+fn packed_pointwise_checks_shapes() {
+    let (x, wt, _) = operands(&dense(1, 8, 5, 5, 16, 1, 1, 0));
+    // a 3x3 weight, wrong input channels, a residual of the wrong shape: errors, not panics
+    assert!(
+        PointwiseWeight::new(&rand_tensor(&[16, 8, 3, 3], 9), packed1x1::Layout::Panels8).is_err()
+    );
+    let Some(layout) = PointwiseWeight::layout_for(16, 25) else {
+        return; // not an AVX-512 CPU
+    };
+    let pw = PointwiseWeight::new(&wt, layout).unwrap();
+    let other = rand_tensor(&[1, 9, 5, 5], 9);
+    assert!(conv2d_pointwise(&other, &pw, None, Activation::None, None).is_err());
+    let bad = rand_tensor(&[1, 16, 4, 5], 9);
+    assert!(conv2d_pointwise(&x, &pw, None, Activation::None, Some(&bad)).is_err());
+    // an empty batch is an empty output
+    let empty = Tensor::zeros((0, 8, 5, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let y = conv2d_pointwise(&empty, &pw, None, Activation::None, None).unwrap();
+    assert_eq!(y.dims(), [0, 16, 5, 5]);
     assert_eq!(
-        ACTIVE.load(Ordering::Acquire),
-        0,
-        "every in_pool body has ended"
+        PointwiseWeight::layout_for(16, 49),
+        Some(packed1x1::Layout::ChannelVectors)
+    );
+    assert_eq!(
+        PointwiseWeight::layout_for(16, 3136),
+        Some(packed1x1::Layout::Panels8)
+    );
+    assert_eq!(
+        PointwiseWeight::layout_for(8, 49),
+        Some(packed1x1::Layout::Panels8)
     );
 }
