@@ -76,7 +76,7 @@ const LAYERS: &[Layer] = &[
     dense("pw_16to64_112", 16, 112, 64, 1, 1),
     dense("pw_112to672_14", 112, 14, 672, 1, 1),
     dense("pw_960to160_7", 960, 7, 160, 1, 1),
-    dense("stem3x3_s2_3to16_224", 3, 224, 16, 3, 2),
+    dense("stem3x3_s2_3to16_224", 3, 224, 16, 3, 2), // stem::conv (direct kernel)
     // Wide ResNet-50-2
     dense("stem7x7_s2_3to64_224", 3, 224, 64, 7, 2),
     dense("c1x1_256to128_56", 256, 56, 128, 1, 1),
@@ -250,5 +250,50 @@ fn wrn1x1(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, batch1, wrn3x3, linear, wrn1x1);
+/// MobileNetV3's SqueezeExcitation scale + project 1x1 conv: the scale folded into the conv
+/// (`conv2d_se_scaled`) against `se_scale` then `conv2d` (and the plain candle ops).
+fn se_project(c: &mut Criterion) {
+    let mut group = c.benchmark_group("se_project");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    let p = ConvParams {
+        stride: 1,
+        padding: 0,
+        groups: 1,
+    };
+    for (n, ch, hw, o) in [
+        (1, 120, 28, 40),
+        (1, 672, 14, 112),
+        (1, 960, 7, 160),
+        (8, 960, 7, 160),
+    ] {
+        let x = rand(&[n, ch, hw, hw]);
+        let s = rand(&[n, ch, 1, 1]);
+        let w = rand(&[o, ch, 1, 1]);
+        let b = rand(&[o]);
+        let name = format!("{n}x{ch}to{o}_{hw}");
+        group.bench_function(BenchmarkId::new("fused", &name), |bch| {
+            bch.iter(|| {
+                ops::conv2d_se_scaled(&x, &s, &w, Some(&b), p, Activation::None, None).unwrap()
+            })
+        });
+        group.bench_function(BenchmarkId::new("se_scale+conv", &name), |bch| {
+            bch.iter(|| {
+                let xs = ops::se_scale(&x, &s).unwrap();
+                ops::conv2d(&xs, &w, Some(&b), p, Activation::None, None).unwrap()
+            })
+        });
+        group.bench_function(BenchmarkId::new("candle", &name), |bch| {
+            bch.iter(|| {
+                let xs = ops::pool::reference::se_scale(&x, &s).unwrap();
+                ops::reference::conv2d(&xs, &w, Some(&b), p, Activation::None, None).unwrap()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, batch1, wrn3x3, linear, wrn1x1, se_project);
 criterion_main!(benches);

@@ -109,6 +109,9 @@ fn run(n: usize, iters: usize) -> Result<()> {
             ),
             || ops::conv2d(&yin, &w, Some(&b), dp, act, None),
         )?;
+        // SqueezeExcitation: "se" is its pooling, fc1 and fc2; the scale x * hardsigmoid(s) is
+        // applied by the project conv (`conv2d_se_scaled`, as the model does), so it is in "project".
+        let mut se_logits = None;
         if c.use_se {
             let s = make_divisible((e / 4) as f64, 8);
             let w1 = rnd(&[s, e, 1, 1])?;
@@ -116,20 +119,23 @@ fn run(n: usize, iters: usize) -> Result<()> {
             let w2 = rnd(&[e, s, 1, 1])?;
             let b2 = rnd(&[e])?;
             let yin = y.clone();
-            y = t.time(format!("b{i:<2} se {e}->{s}"), || {
+            se_logits = Some(t.time(format!("b{i:<2} se {e}->{s}"), || {
                 let pooled = ops::global_avg_pool(&yin)?.reshape((n, e, 1, 1))?;
                 let s = ops::conv2d(&pooled, &w1, Some(&b1), pw, Activation::Relu, None)?;
-                let s = ops::conv2d(&s, &w2, Some(&b2), pw, Activation::None, None)?;
-                ops::se_scale(&yin, &s)
-            })?;
+                ops::conv2d(&s, &w2, Some(&b2), pw, Activation::None, None)
+            })?);
         }
         let w = rnd(&[c.out_channels, e, 1, 1])?;
         let b = rnd(&[c.out_channels])?;
         let res = (c.stride == 1 && c.input_channels == c.out_channels).then_some(&input);
         let oside = y.dims()[2];
+        let se_tag = if se_logits.is_some() { " +se" } else { "" };
         x = t.time(
-            format!("b{i:<2} project {e}->{} @{oside}", c.out_channels),
-            || ops::conv2d(&y, &w, Some(&b), pw, Activation::None, res),
+            format!("b{i:<2} project{se_tag} {e}->{} @{oside}", c.out_channels),
+            || match &se_logits {
+                Some(s) => ops::conv2d_se_scaled(&y, s, &w, Some(&b), pw, Activation::None, res),
+                None => ops::conv2d(&y, &w, Some(&b), pw, Activation::None, res),
+            },
         )?;
     }
     let w = rnd(&[960, 160, 1, 1])?;
@@ -330,8 +336,8 @@ fn report(t: &Timer, n: usize) {
         let kind = [
             "expand",
             "dw",
-            "se",
             "project",
+            "se",
             "stem",
             "last",
             "classifier",

@@ -245,6 +245,17 @@ impl Conv2dNormActivation {
     pub fn forward_with(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
         self.conv.forward_with(x, residual)
     }
+
+    /// `forward_with(x * hardsigmoid(s), residual)` without materialising the scaled input where
+    /// the kernel can fold the scale in (`s`: a SqueezeExcitation's [`SqueezeExcitation::scale_logits`]).
+    pub fn forward_se_scaled(
+        &self,
+        x: &Tensor,
+        s: &Tensor,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        self.conv.forward_se_scaled(x, s, residual)
+    }
 }
 
 impl Module for Conv2dNormActivation {
@@ -288,8 +299,11 @@ impl SqueezeExcitation {
     }
 }
 
-impl Module for SqueezeExcitation {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl SqueezeExcitation {
+    /// `fc2(relu(fc1(avgpool(x))))` as `[N, C, 1, 1]`: the scale before its Hardsigmoid
+    /// (torchvision's `_scale` without `scale_activation`). [`InvertedResidual`] hands it to the
+    /// project conv, which applies `x * hardsigmoid(s)` as it reads `x`.
+    pub fn scale_logits(&self, x: &Tensor) -> Result<Tensor> {
         let (n, c, _, _) = x.dims4()?;
         let pooled = global_avg_pool(x)?.reshape((n, c, 1, 1))?;
         let s = ops::conv2d(
@@ -300,16 +314,21 @@ impl Module for SqueezeExcitation {
             Activation::Relu,
             None,
         )?;
-        let s = ops::conv2d(
+        ops::conv2d(
             &s,
             &self.fc2_w,
             Some(&self.fc2_b),
             POINTWISE,
             Activation::None,
             None,
-        )?;
+        )
+    }
+}
+
+impl Module for SqueezeExcitation {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // x * hardsigmoid(s), in one pass.
-        ops::se_scale(x, &s)
+        ops::se_scale(x, &self.scale_logits(x)?)
     }
 }
 
@@ -378,12 +397,16 @@ impl Module for InvertedResidual {
             Some(e) => e.forward(x)?,
             None => x.clone(),
         };
-        let mut y = self.depthwise.forward(&y)?;
-        if let Some(se) = &self.se {
-            y = se.forward(&y)?;
+        let y = self.depthwise.forward(&y)?;
+        let residual = self.use_res_connect.then_some(x);
+        match &self.se {
+            // SqueezeExcitation's scale folded into the project conv (same result as
+            // `project(se.forward(y))`).
+            Some(se) => self
+                .project
+                .forward_se_scaled(&y, &se.scale_logits(&y)?, residual),
+            None => self.project.forward_with(&y, residual),
         }
-        self.project
-            .forward_with(&y, self.use_res_connect.then_some(x))
     }
 }
 

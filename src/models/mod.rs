@@ -152,6 +152,28 @@ impl FoldedConv {
     }
 }
 
+impl FoldedConv {
+    /// `act(conv(x * hardsigmoid(s)) + b [+ residual])`: this conv after a SqueezeExcitation whose
+    /// `fc2` output is `s` (`[N, C]`), through [`crate::ops::conv2d_se_scaled`] (the scale folded
+    /// into the kernel where it can be).
+    pub fn forward_se_scaled(
+        &self,
+        x: &Tensor,
+        s: &Tensor,
+        residual: Option<&Tensor>,
+    ) -> CResult<Tensor> {
+        ops::conv2d_se_scaled(
+            x,
+            s,
+            &self.weight,
+            Some(&self.bias),
+            self.params,
+            self.act,
+            residual,
+        )
+    }
+}
+
 impl candle_core::Module for FoldedConv {
     fn forward(&self, x: &Tensor) -> CResult<Tensor> {
         self.forward_with(x, None)

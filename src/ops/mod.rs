@@ -18,14 +18,17 @@
 //!   `IMGCLASS_WINOGRAD=0` in the environment (read once) turns it off (the A/B switch for
 //!   benchmarks); `IMGCLASS_WINOGRAD=f4` also uses F(4x4,3x3) from 28x28 up (a little faster,
 //!   3x the rounding error);
-//! - MobileNetV3's 1x1 convolutions, SqueezeExcitation's 1x1-map convolutions and the RGB stem
-//!   on AVX-512 CPUs: register-blocked kernels with the epilogue in registers ([`pointwise`]);
-//!   [`linear`] (the classifier) as a fused GEMV there too;
 //! - Wide ResNet's 1x1 stride-1 convolutions on AVX-512 CPUs: the weight kept only in a packed
 //!   layout ([`PointwiseWeight`], [`conv2d_pointwise`], [`packed1x1`]): 8-channel panels (register
 //!   blocks of 8 channels x 48 pixels, reduction blocked by 128) from 14x14 up, 48-channel vectors
 //!   (48 channels x up to 8 pixels, no lanes lost to the pixel remainder) on 7x7;
 //!   `IMGCLASS_PACK1X1=0` (read once) keeps them on the unpacked kernel (the A/B switch);
+//! - MobileNetV3's 1x1 convolutions and SqueezeExcitation's 1x1-map convolutions on AVX-512
+//!   CPUs: register-blocked kernels with the epilogue in registers ([`pointwise`]); [`linear`]
+//!   (the classifier) as a fused GEMV there too; [`conv2d_se_scaled`] folds SqueezeExcitation's
+//!   `x * hardsigmoid(s)` into the project 1x1 convolution;
+//! - dense convolutions with `C*K*K <= 32` (the RGB stem) on AVX-512 CPUs: a direct kernel over
+//!   stride-phase planes built per band of output rows (`stem`);
 //! - anything else (other grouped convolutions, non-f32, non-CPU): the plain candle reference.
 //!
 //! [`pool`] has the other ops of the two networks (global average pooling, SqueezeExcitation's
@@ -39,6 +42,7 @@ pub mod mmap;
 pub mod packed1x1;
 pub mod pointwise;
 pub mod pool;
+mod stem;
 pub mod winograd;
 
 pub use packed1x1::PointwiseWeight;
@@ -289,8 +293,8 @@ fn fast_prepared(
             _ if one_by_one(kernel, k, p) && pointwise::conv1x1_preferred(n, c, o, h * wd) => {
                 pointwise::conv1x1(xv, wv.slice()?, bs, rs, act, n, c, o, h * wd)
             }
-            Kernel::Dense if pointwise::im2col_available(c, k, o) => {
-                pointwise::conv_im2col(xv, wv.slice()?, bs, rs, act, geom)
+            Kernel::Dense if stem::available(c, k, o) => {
+                stem::conv(xv, wv.slice()?, bs, rs, act, geom)
             }
             _ => dense::dense(xv, wv.slice()?, bs, rs, act, geom),
         };
@@ -300,6 +304,67 @@ fn fast_prepared(
 
 fn one_by_one(kernel: Kernel, k: usize, p: ConvParams) -> bool {
     kernel == Kernel::Dense && k == 1 && p.stride == 1 && p.padding == 0
+}
+
+/// `act(conv2d(x * hardsigmoid(s), w) + b [+ residual])`: the convolution after torchvision's
+/// SqueezeExcitation, whose scale `hardsigmoid(s)` (`s: [N, C]` or `[N, C, 1, 1]`, the `fc2`
+/// output) multiplies the input channels. Same result as `conv2d(&se_scale(x, s)?, ..)`.
+///
+/// For the 1x1 convolutions [`pointwise`] runs, the scale is folded into the kernel (each input
+/// row is multiplied by its scale as it is loaded: one multiply per 8 multiply-adds; measured
+/// faster than scaling the weight's columns per image, `W diag(g)`, on MobileNetV3's SE blocks),
+/// so `x * hardsigmoid(s)` is never written or read back; otherwise [`se_scale`] then [`conv2d`].
+pub fn conv2d_se_scaled(
+    x: &Tensor,
+    s: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    p: ConvParams,
+    act: Activation,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (n, c, h, wd) = x.dims4()?;
+    if s.elem_count() != n * c || !(s.dims() == [n, c] || s.dims() == [n, c, 1, 1]) {
+        candle_core::bail!(
+            "conv2d_se_scaled: scale shape {:?} for input {:?}",
+            s.dims(),
+            x.dims()
+        );
+    }
+    let s_ok = s.dtype() == DType::F32 && matches!(s.device(), Device::Cpu);
+    let kernel = select_kernel(x, w, p);
+    let o = w.dims().first().copied().unwrap_or(0);
+    let k = w.dims().get(2).copied().unwrap_or(0);
+    let fused = s_ok
+        && one_by_one(kernel, k, p)
+        && h * wd > 1
+        && pointwise::conv1x1_preferred(n, c, o, h * wd);
+    if !fused {
+        return conv2d(&se_scale(x, s)?, w, b, p, act, residual);
+    }
+    let s = s.contiguous()?;
+    let sv = cpu::F32View::new(&s)?;
+    let gate: Vec<f32> = sv
+        .slice()?
+        .iter()
+        .map(|v| (v + 3.0).clamp(0.0, 6.0) / 6.0)
+        .collect();
+    let w = w.contiguous()?;
+    let wv = cpu::F32View::new(&w)?;
+    run_fast(x, o, 1, b, p, residual, |xs, bs, rs, geom| {
+        Ok(pointwise::conv1x1_scaled(
+            xs,
+            Some(&gate),
+            wv.slice()?,
+            bs,
+            rs,
+            act,
+            n,
+            geom.c,
+            o,
+            h * wd,
+        ))
+    })
 }
 
 /// `act(conv2d(x, w) + b [+ residual])` with a weight kept only in its Winograd form

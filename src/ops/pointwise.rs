@@ -5,8 +5,6 @@
 //!   rows, the input rows are read in place, so nothing is packed, and bias/residual/activation are
 //!   applied while the block is in registers (no second pass over the output, no zero-filled output);
 //!   Not used for one image of fewer than 64 pixels with K > 2*O (the `gemm` crate is faster there);
-//! - [`conv_im2col`]: RGB stems (`C*K*K <= 32`): im2col through stride phase planes (contiguous
-//!   copies, no strided gather) + the same kernel;
 //! - [`gemv`]: `Y[n, o] = act(W[o,:] . X[n,:] + b[o])` for the 1x1-spatial convolutions of
 //!   SqueezeExcitation and the classifier's `Linear` layers (dot products along K, 4 rows x up to
 //!   4 images per register block). At batch 1 these layers are bound by streaming the weights.
@@ -15,7 +13,7 @@
 //! split into a few tasks over (image, pixel tile, output-channel group).
 
 use super::cpu::{level, Level};
-use super::{Activation, Geometry};
+use super::Activation;
 use rayon::prelude::*;
 
 /// Output channels per register block of [`conv1x1`]: every O of MobileNetV3 is a multiple.
@@ -46,20 +44,20 @@ pub(crate) fn gemv_available() -> bool {
 
 /// A raw output pointer shared by tasks that write disjoint parts of one buffer.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(crate) struct OutPtr(pub(crate) *mut f32);
 // SAFETY: tasks only write disjoint index ranges (see the callers), and the buffer outlives them.
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
     /// A method, not a field access, so closures capture the whole (Send + Sync) wrapper.
-    fn ptr(self) -> *mut f32 {
+    pub(crate) fn ptr(self) -> *mut f32 {
         self.0
     }
 }
 
 /// Run `f(0..jobs)` serially or on rayon's pool.
-fn run_jobs(jobs: usize, serial: bool, f: impl Fn(usize) + Send + Sync) {
+pub(crate) fn run_jobs(jobs: usize, serial: bool, f: impl Fn(usize) + Send + Sync) {
     if serial || jobs <= 1 {
         (0..jobs).for_each(f);
     } else {
@@ -81,11 +79,30 @@ pub fn conv1x1(
     o: usize,
     p: usize,
 ) -> Vec<f32> {
+    conv1x1_scaled(x, None, w, bias, res, act, n, k, o, p)
+}
+
+/// [`conv1x1`] of the input with its channels scaled: `act(W x diag(g[n]) X[n] + b [+ R[n]])` for
+/// `g: [n, k]` (SqueezeExcitation's gate folded into the following 1x1 convolution: each input
+/// row is multiplied by its gate as it is loaded, so `x * g` is never written).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv1x1_scaled(
+    x: &[f32],
+    g: Option<&[f32]>,
+    w: &[f32],
+    bias: Option<&[f32]>,
+    res: Option<&[f32]>,
+    act: Activation,
+    n: usize,
+    k: usize,
+    o: usize,
+    p: usize,
+) -> Vec<f32> {
     let len = n * o * p;
     let mut out: Vec<f32> = Vec::with_capacity(len);
     // SAFETY: `out` has room for the `len` floats `conv1x1_raw` writes, all of them.
     unsafe {
-        conv1x1_raw(x, w, bias, res, act, n, k, o, p, out.as_mut_ptr());
+        conv1x1_raw(x, g, w, bias, res, act, n, k, o, p, out.as_mut_ptr());
         out.set_len(len);
     }
     out
@@ -99,6 +116,7 @@ pub fn conv1x1(
 #[allow(clippy::too_many_arguments)]
 unsafe fn conv1x1_raw(
     x: &[f32],
+    gate: Option<&[f32]>,
     w: &[f32],
     bias: Option<&[f32]>,
     res: Option<&[f32]>,
@@ -112,6 +130,7 @@ unsafe fn conv1x1_raw(
     let len = n * o * p;
     assert!(conv1x1_available(o) && k > 0);
     assert!(x.len() >= n * k * p && w.len() >= o * k);
+    assert!(gate.is_none_or(|g| g.len() >= n * k));
     assert!(bias.is_none_or(|b| b.len() >= o) && res.is_none_or(|r| r.len() >= len));
     let ptiles = p.div_ceil(NP);
     let oblocks = o / MR;
@@ -134,6 +153,7 @@ unsafe fn conv1x1_raw(
         let ob0 = g * per_group;
         let ob1 = (ob0 + per_group).min(oblocks);
         let xs = &x[img * k * p..][..k * p];
+        let gs = gate.map(|g| &g[img * k..][..k]);
         for ob in ob0..ob1 {
             let o0 = ob * MR;
             let bs = bias.map(|b| &b[o0..o0 + MR]);
@@ -143,107 +163,10 @@ unsafe fn conv1x1_raw(
             // in image, pixel tile or output-channel group). Together the tasks write all of it.
             unsafe {
                 let optr = dst.ptr().add((img * o + o0) * p + p0);
-                block(xs, w, bs, rs, act, k, p, o0, p0, np, optr);
+                block(xs, gs, w, bs, rs, act, k, p, o0, p0, np, optr);
             }
         }
     });
-}
-
-/// Whether [`conv_im2col`] handles a `k`x`k` convolution of `c` input channels to `o` outputs:
-/// stems on RGB input (tiny `C*K*K`), where the `gemm` crate's packing overhead dominates.
-pub(crate) fn im2col_available(c: usize, k: usize, o: usize) -> bool {
-    c * k * k <= 32 && conv1x1_available(o)
-}
-
-/// Floats of the zero-padded phase planes of one image (see [`im2col_phases`]).
-fn phase_len(g: &Geometry) -> usize {
-    let (hp, wq) = phase_dims(g);
-    g.c * g.stride * hp * wq
-}
-
-/// Rows and columns of one phase plane.
-fn phase_dims(g: &Geometry) -> (usize, usize) {
-    (g.h + 2 * g.pad, (g.w + 2 * g.pad).div_ceil(g.stride))
-}
-
-/// im2col of one image `x: [C, H, W]` into `cols: [C*K*K, OH*OW]`. The zero-padded input is first
-/// split into `stride` phase planes per channel (padded column `q*s + ph` goes to plane `ph`,
-/// column `q`), so every row of `cols` is a run of contiguous copies instead of a strided gather.
-/// `phases` must be zero on entry outside the interior (it is only ever written there).
-fn im2col_phases(x: &[f32], g: &Geometry, phases: &mut [f32], cols: &mut [f32]) {
-    let s = g.stride;
-    let (hp, wq) = phase_dims(g);
-    let plane = hp * wq;
-    for c in 0..g.c {
-        let ph = &mut phases[c * s * plane..][..s * plane];
-        for iy in 0..g.h {
-            let row = &x[(c * g.h + iy) * g.w..][..g.w];
-            for f in 0..s {
-                // Input columns ix with (ix + pad) % s == f, i.e. padded column q*s + f.
-                let ix0 = (f + s - g.pad % s) % s;
-                if ix0 >= g.w {
-                    continue;
-                }
-                let q0 = (ix0 + g.pad) / s;
-                let dst = &mut ph[f * plane + (iy + g.pad) * wq + q0..];
-                for (d, v) in dst.iter_mut().zip(row[ix0..].iter().step_by(s)) {
-                    *d = *v;
-                }
-            }
-        }
-    }
-    let (k, ow) = (g.k, g.ow);
-    for (r, crow) in cols.chunks_exact_mut(g.oh * ow).enumerate() {
-        let (c, kh, kw) = (r / (k * k), (r / k) % k, r % k);
-        let src = &phases[(c * s + kw % s) * plane + kw / s..];
-        for (oy, d) in crow.chunks_exact_mut(ow).enumerate() {
-            d.copy_from_slice(&src[(oy * s + kh) * wq..][..ow]);
-        }
-    }
-}
-
-/// A dense `k`x`k` convolution as im2col (one image at a time) + [`conv1x1`]'s kernel.
-pub(crate) fn conv_im2col(
-    x: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
-    res: Option<&[f32]>,
-    act: Activation,
-    g: &Geometry,
-) -> Vec<f32> {
-    let p = g.oh * g.ow;
-    let kdim = g.c * g.k * g.k;
-    let len = g.n * g.o * p;
-    let mut cols = vec![0f32; kdim * p];
-    let mut phases = vec![0f32; phase_len(g)];
-    let mut out: Vec<f32> = Vec::with_capacity(len);
-    for i in 0..g.n {
-        im2col_phases(
-            &x[i * g.c * g.h * g.w..][..g.c * g.h * g.w],
-            g,
-            &mut phases,
-            &mut cols,
-        );
-        let r = res.map(|r| &r[i * g.o * p..][..g.o * p]);
-        // SAFETY: image i's `o * p` outputs lie inside the `len`-float allocation.
-        unsafe {
-            conv1x1_raw(
-                &cols,
-                w,
-                bias,
-                r,
-                act,
-                1,
-                kdim,
-                g.o,
-                p,
-                out.as_mut_ptr().add(i * g.o * p),
-            )
-        };
-    }
-    // SAFETY: every image's outputs were written above.
-    unsafe { out.set_len(len) };
-    out
 }
 
 /// One register block: channels `o0..o0+MR`, pixels `p0..p0+np` (np <= NP) of one image.
@@ -254,6 +177,7 @@ pub(crate) fn conv_im2col(
 #[inline]
 unsafe fn block(
     x: &[f32],
+    gate: Option<&[f32]>,
     w: &[f32],
     bias: Option<&[f32]>,
     res: Option<&[f32]>,
@@ -276,6 +200,7 @@ unsafe fn block(
         };
         let a = Args {
             x: x[p0..].as_ptr(),
+            gate: gate.map_or(std::ptr::null(), |g| g.as_ptr()),
             w: w[o0 * k..].as_ptr(),
             bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
             res: res.map_or(std::ptr::null(), |r| r[p0..].as_ptr()),
@@ -288,15 +213,18 @@ unsafe fn block(
         // SAFETY: the caller guarantees AVX-512 and the output rows; the input rows
         // x[kk*p + p0 ..][..np] for kk < k lie in `x` (p0 + np <= p), the weight rows o0..o0+MR
         // in `w`, the residual rows like the output rows; loads past `np` are masked out.
-        match nv {
-            1 => avx512::tile::<1>(&a),
-            2 => avx512::tile::<2>(&a),
-            _ => avx512::tile::<NV>(&a),
+        match (nv, gate.is_some()) {
+            (1, false) => avx512::tile::<1, false>(&a),
+            (2, false) => avx512::tile::<2, false>(&a),
+            (_, false) => avx512::tile::<NV, false>(&a),
+            (1, true) => avx512::tile::<1, true>(&a),
+            (2, true) => avx512::tile::<2, true>(&a),
+            (_, true) => avx512::tile::<NV, true>(&a),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (x, w, bias, res, act, k, p, o0, p0, np, out);
+        let _ = (x, gate, w, bias, res, act, k, p, o0, p0, np, out);
         unreachable!("conv1x1 is only dispatched on AVX-512 CPUs");
     }
 }
@@ -305,6 +233,8 @@ unsafe fn block(
 struct Args {
     /// `x[0, p0]` of the image (row stride `p`).
     x: *const f32,
+    /// `k` input-channel gates of the image, or null (used only by `tile::<_, true>`).
+    gate: *const f32,
     /// Row `o0` of the weights (row stride `k`).
     w: *const f32,
     /// `MR` biases or null.
@@ -343,7 +273,7 @@ mod avx512 {
     /// # Safety
     /// See `super::block`: AVX-512 present, all pointers valid for the rows/lanes used.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn tile<const V: usize>(a: &Args) {
+    pub(super) unsafe fn tile<const V: usize, const GATED: bool>(a: &Args) {
         let mask = a.mask as __mmask16;
         let mut acc = [[_mm512_setzero_ps(); V]; MR];
         if !a.bias.is_null() {
@@ -361,6 +291,12 @@ mod avx512 {
                 } else {
                     _mm512_maskz_loadu_ps(mask, xr.add(16 * j))
                 };
+            }
+            if GATED {
+                let g = _mm512_set1_ps(*a.gate.add(kk));
+                for v in xv.iter_mut() {
+                    *v = _mm512_mul_ps(*v, g);
+                }
             }
             for (i, row) in acc.iter_mut().enumerate() {
                 let wb = _mm512_set1_ps(*w.add(i * k + kk));

@@ -10,6 +10,9 @@ use rayon::prelude::*;
 
 /// Calls on fewer elements than this run on the calling thread (cheaper than a rayon region).
 const SERIAL_ELEMS: usize = 1 << 18;
+/// [`se_scale`] below this many elements runs on the calling thread (it streams twice the bytes
+/// of a pooling call per element, so it splits earlier).
+const SE_SERIAL_ELEMS: usize = 1 << 16;
 
 fn cpu_f32(t: &Tensor) -> bool {
     t.dtype() == DType::F32 && matches!(t.device(), Device::Cpu) && t.rank() == 4
@@ -71,8 +74,15 @@ pub fn se_scale(x: &Tensor, s: &Tensor) -> Result<Tensor> {
     let (xv, sv) = (F32View::new(&x)?, F32View::new(&s)?);
     let (xs, ss) = (xv.slice()?, sv.slice()?);
     let hw = h * w;
-    let mut out = vec![0f32; n * c * hw];
-    if hw > 0 {
+    let mut out = Vec::with_capacity(n * c * hw);
+    if hw > 0 && n * c * hw < SE_SERIAL_ELEMS {
+        // Small (MobileNetV3's 7x7 and 14x14 maps at batch 1): on the calling thread, no zero fill.
+        for (i, plane) in xs.chunks_exact(hw).take(n * c).enumerate() {
+            let g = (ss[i] + 3.0).clamp(0.0, 6.0) / 6.0;
+            out.extend(plane.iter().map(|v| *v * g));
+        }
+    } else if hw > 0 {
+        out.resize(n * c * hw, 0f32);
         out.par_chunks_mut(hw)
             .with_min_len((4096 / hw).max(1))
             .enumerate()

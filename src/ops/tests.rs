@@ -350,6 +350,63 @@ fn se_scale_matches_reference() {
 }
 
 #[test]
+fn conv2d_se_scaled_matches_reference() {
+    // (n, c, hw, o, k, residual): MobileNetV3's SE-then-project shapes (scale folded into the 1x1
+    // kernel: 28x28 and 14x14 maps, and batches of 7x7 ones), and ones that fall back to
+    // se_scale + conv2d (one image at 7x7, a 1x1 map, a 3x3 kernel).
+    for (n, c, hw, o, k, with_r) in [
+        (1, 72, 28, 40, 1, false),
+        (1, 120, 28, 40, 1, true),
+        (2, 480, 14, 112, 1, false),
+        (1, 672, 14, 112, 1, true),
+        (8, 960, 7, 160, 1, true),
+        (3, 672, 7, 160, 1, false),
+        (1, 960, 7, 160, 1, true),
+        (2, 40, 1, 16, 1, false),
+        (2, 8, 9, 16, 3, true),
+        (1, 33, 5, 24, 1, false),
+    ] {
+        let x = rand_tensor(&[n, c, hw, hw], 40 + c as u64);
+        let w = rand_tensor(&[o, c, k, k], 41);
+        let b = rand_tensor(&[o], 42);
+        // Scales over the whole hardsigmoid range, saturated parts included.
+        let s = (rand_tensor(&[n, c, 1, 1], 43) * 5.0).unwrap();
+        let p = ConvParams {
+            stride: 1,
+            padding: k / 2,
+            groups: 1,
+        };
+        let r = rand_tensor(&[n, o, hw, hw], 44);
+        let rr = with_r.then_some(&r);
+        for act in [Activation::None, Activation::Hardswish] {
+            let xs = pool::reference::se_scale(&x, &s).unwrap();
+            let want = reference::conv2d(&xs, &w, Some(&b), p, act, rr).unwrap();
+            let got = conv2d_se_scaled(&x, &s, &w, Some(&b), p, act, rr).unwrap();
+            let s2 = s.reshape((n, c)).unwrap();
+            let got2 = conv2d_se_scaled(&x, &s2, &w, Some(&b), p, act, rr).unwrap();
+            let scale = (c as f32).sqrt();
+            assert!(
+                max_diff(&got, &want) < 2e-5 * scale,
+                "{n}x{c}x{hw} -> {o} k{k}"
+            );
+            assert!(
+                max_diff(&got2, &want) < 2e-5 * scale,
+                "{n}x{c}x{hw} -> {o} k{k}"
+            );
+        }
+    }
+    let x = rand_tensor(&[1, 4, 3, 3], 45);
+    let w = rand_tensor(&[8, 4, 1, 1], 46);
+    let p = ConvParams {
+        stride: 1,
+        padding: 0,
+        groups: 1,
+    };
+    let bad = rand_tensor(&[1, 3], 47);
+    assert!(conv2d_se_scaled(&x, &bad, &w, None, p, Activation::None, None).is_err());
+}
+
+#[test]
 fn max_pool2d_matches_reference() {
     // The ResNet stem (3, 2, 1) on negative-heavy inputs: padding must never win.
     for (shape, k, s, p) in [
@@ -481,7 +538,7 @@ fn pointwise_matches_reference_mobilenet_shapes() {
         dense(8, 240, 1, 1, 960, 1, 1, 0),
         dense(5, 33, 1, 1, 8, 1, 1, 0),
         dense(2, 960, 7, 7, 160, 1, 1, 0),
-        // RGB stems (im2col over phase planes + the same kernel)
+        // RGB stems and other tiny reductions (C*K*K <= 32: stem::conv's direct kernel)
         dense(1, 3, 224, 224, 16, 3, 2, 1),
         dense(2, 3, 17, 13, 8, 3, 2, 1),
         dense(1, 2, 10, 11, 16, 3, 3, 2),
