@@ -136,6 +136,11 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 0, env = "IMGCLASS_DECODE_THREADS")]
     pub decode_threads: usize,
 
+    /// Keep the compute pool's threads spinning during a forward pass instead of sleeping between
+    /// kernels (faster passes, but the spinning takes CPU from JPEG decoding: off by default here).
+    #[arg(long, env = "IMGCLASS_SPIN", value_parser = clap::builder::BoolishValueParser::new())]
+    pub spin: bool,
+
     /// JSON log lines (for containers) instead of human-readable ones.
     #[arg(long, env = "IMGCLASS_JSON_LOGS", value_parser = clap::builder::BoolishValueParser::new())]
     pub json_logs: bool,
@@ -204,6 +209,7 @@ pub struct Settings {
     pub retry_after_secs: u64,
     pub threads: usize,
     pub decode_threads: usize,
+    pub spin: bool,
     pub json_logs: bool,
     pub log: String,
     pub fault: Fault,
@@ -286,6 +292,7 @@ impl Settings {
             } else {
                 a.decode_threads
             },
+            spin: a.spin,
             json_logs: a.json_logs,
             log: a.log.clone(),
             fault: a.fault,
@@ -367,5 +374,13 @@ mod tests {
         assert!(Cli::try_parse_from(["x", "--fault", "explode"]).is_err());
         let cli = Cli::try_parse_from(["x", "--json-logs"]).unwrap();
         assert!(cli.serve.json_logs);
+    }
+
+    #[test]
+    fn spinning_is_off_unless_asked_for() {
+        let cli = Cli::try_parse_from(["x"]).unwrap();
+        assert!(!Settings::from_args(&cli.serve).unwrap().spin);
+        let cli = Cli::try_parse_from(["x", "--spin"]).unwrap();
+        assert!(Settings::from_args(&cli.serve).unwrap().spin);
     }
 }

@@ -47,6 +47,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     crate::ops::alloc::use_single_arena();
     logging::init(settings.json_logs, &settings.log)?;
     configure_compute_threads(settings.threads);
+    crate::ops::set_spin(settings.spin);
     log_settings(&settings);
     check_weights_present(&settings)?;
 
