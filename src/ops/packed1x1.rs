@@ -20,6 +20,7 @@
 //! Interleaved single-thread A/B against the unpacked kernel: `examples/pack1x1_ab.rs`.
 
 use super::cpu::{level, Level};
+use super::pointwise::{run_jobs, OutPtr};
 use super::Activation;
 use rayon::prelude::*;
 
@@ -53,29 +54,22 @@ pub fn pack(w: &[f32], o: usize, k: usize) -> Vec<f32> {
     out
 }
 
-/// A raw output pointer shared by tasks that write disjoint parts of one buffer.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: tasks only write disjoint index ranges (see the caller), and the buffer outlives them.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    fn ptr(self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// Pixel tiles `(start, len)` of `p` pixels: `ceil(p/16)` vectors split as evenly as possible into
 /// tiles of at most [`NV`] vectors, the larger ones first.
 fn pixel_tiles(p: usize) -> Vec<(usize, usize)> {
-    let nvec = p.div_ceil(16);
-    let nt = nvec.div_ceil(NV);
+    even_tiles(p, 16, NV)
+}
+
+/// `p` items in `unit`-sized groups, split as evenly as possible into tiles of at most `max_units`
+/// units, the larger tiles first: `(start, len)` of each (the last unit may be partial).
+fn even_tiles(p: usize, unit: usize, max_units: usize) -> Vec<(usize, usize)> {
+    let units = p.div_ceil(unit);
+    let nt = units.div_ceil(max_units);
     let mut tiles = Vec::with_capacity(nt);
     let mut start = 0;
     for t in 0..nt {
-        let v = nvec / nt + usize::from(t < nvec % nt);
-        let len = (16 * v).min(p - start);
+        let u = units / nt + usize::from(t < units % nt);
+        let len = (unit * u).min(p - start);
         tiles.push((start, len));
         start += len;
     }
@@ -171,11 +165,7 @@ pub fn conv1x1_packed(
             k0 += kn;
         }
     };
-    if serial || base * groups <= 1 {
-        (0..base * groups).for_each(job);
-    } else {
-        (0..base * groups).into_par_iter().for_each(job);
-    }
+    run_jobs(base * groups, serial, job);
     // SAFETY: every output was written above.
     unsafe { out.set_len(len) };
     out
@@ -453,15 +443,7 @@ pub fn pack_cv(w: &[f32], o: usize, k: usize) -> Vec<f32> {
 
 /// Pixel tiles `(start, len)` of at most [`PXMAX`] pixels, as even as possible.
 fn small_tiles(p: usize) -> Vec<(usize, usize)> {
-    let nt = p.div_ceil(PXMAX);
-    let mut tiles = Vec::with_capacity(nt);
-    let mut start = 0;
-    for t in 0..nt {
-        let len = p / nt + usize::from(t < p % nt);
-        tiles.push((start, len));
-        start += len;
-    }
-    tiles
+    even_tiles(p, 1, PXMAX)
 }
 
 /// [`conv1x1_packed`] with the weight in the channel-vector layout ([`pack_cv`]): register blocks
@@ -542,12 +524,7 @@ pub fn conv1x1_cv(
             }
         }
     };
-    let jobs = groups * pgroups;
-    if serial || jobs <= 1 {
-        (0..jobs).for_each(job);
-    } else {
-        (0..jobs).into_par_iter().for_each(job);
-    }
+    run_jobs(groups * pgroups, serial, job);
     // SAFETY: every output was written above.
     unsafe { out.set_len(len) };
     out
