@@ -27,8 +27,9 @@
 //!   CPUs: register-blocked kernels with the epilogue in registers ([`pointwise`]); [`linear`]
 //!   (the classifier) as a fused GEMV there too; [`conv2d_se_scaled`] folds SqueezeExcitation's
 //!   `x * hardsigmoid(s)` into the project 1x1 convolution;
-//! - dense convolutions with `C*K*K <= 32` (the RGB stem) on AVX-512 CPUs: a direct kernel over
-//!   stride-phase planes built per band of output rows (`stem`);
+//! - dense convolutions with `C*K*K <= 32`, or at most 4 input channels and `C*K*K <= 160` (the
+//!   RGB stems of both models) on AVX-512 CPUs: a direct kernel over stride-phase planes built per
+//!   band of output rows (`stem`);
 //! - anything else (other grouped convolutions, non-f32, non-CPU): the plain candle reference.
 //!
 //! [`pool`] has the other ops of the two networks (global average pooling, SqueezeExcitation's

@@ -1,5 +1,6 @@
-//! Direct kernel for dense convolutions with a tiny reduction (`C*K*K <= 32`: RGB stems such as
-//! MobileNetV3's 3x3 stride-2 3->16), AVX-512 only.
+//! Direct kernel for dense convolutions with a tiny reduction (`C*K*K <= 32`, or up to 160 taps on
+//! at most 4 input channels: RGB stems such as MobileNetV3's 3x3 stride-2 3->16 and Wide ResNet's
+//! 7x7 stride-2 3->64), AVX-512 only.
 //!
 //! The work is split into bands of [`BAND`] output rows (per image). Each band first copies the
 //! input rows it needs into zero-padded *phase planes* (padded column `q*s + f` of a row goes to
@@ -20,13 +21,16 @@ const OB: usize = 8;
 /// 16-column vectors per register block (OB x NV accumulators; per tap NV loads and OB
 /// broadcasts feed OB x NV multiply-adds).
 const NV: usize = 3;
-/// Largest `C*K*K` handled (taps per output pixel).
-const MAX_TAPS: usize = 32;
+/// Largest `C*K*K` handled (taps per output pixel): any reduction of up to [`SMALL_TAPS`], and
+/// image stems (`C <= 4` channels) up to 160 taps (Wide ResNet's 7x7 RGB stem has 147).
+const MAX_TAPS: usize = 160;
+const SMALL_TAPS: usize = 32;
 
 /// Whether [`conv`] runs this convolution on this CPU.
 pub(crate) fn available(c: usize, k: usize, o: usize) -> bool {
-    c * k * k <= MAX_TAPS
-        && c * k * k > 0
+    let taps = c * k * k;
+    (taps <= SMALL_TAPS || (c <= 4 && taps <= MAX_TAPS))
+        && taps > 0
         && o > 0
         && o.is_multiple_of(8)
         && level() == Level::Avx512

@@ -538,8 +538,12 @@ fn pointwise_matches_reference_mobilenet_shapes() {
         dense(8, 240, 1, 1, 960, 1, 1, 0),
         dense(5, 33, 1, 1, 8, 1, 1, 0),
         dense(2, 960, 7, 7, 160, 1, 1, 0),
-        // RGB stems and other tiny reductions (C*K*K <= 32: stem::conv's direct kernel)
+        // RGB stems and other tiny reductions (C*K*K <= 32, or C <= 4 and C*K*K <= 160:
+        // stem::conv's direct kernel), Wide ResNet's 7x7 stem among them
         dense(1, 3, 224, 224, 16, 3, 2, 1),
+        dense(1, 3, 224, 224, 64, 7, 2, 3),
+        dense(2, 3, 30, 27, 16, 7, 2, 3),
+        dense(1, 4, 19, 17, 8, 5, 1, 2),
         dense(2, 3, 17, 13, 8, 3, 2, 1),
         dense(1, 2, 10, 11, 16, 3, 3, 2),
         dense(1, 3, 9, 9, 8, 3, 1, 0),
