@@ -24,6 +24,9 @@ const NV: usize = 3;
 const NP: usize = NV * 16;
 /// Below this many multiply-adds a call runs on the calling thread.
 const SERIAL_MACS: usize = 1 << 18;
+/// Below this many multiply-adds [`gemv`] runs on the calling thread. Lower than [`SERIAL_MACS`]:
+/// a GEMV streams its weights from memory, and two threads stream them faster than one.
+const GEMV_SERIAL_MACS: usize = 1 << 15;
 
 /// Whether [`conv1x1`] is the faster kernel for this 1x1 convolution: on AVX-512 CPUs, except a
 /// single image with few pixels and a deep reduction (MobileNetV3's 7x7 project convolutions, K =
@@ -412,7 +415,7 @@ pub(crate) fn gemv(
     assert!(gemv_available() && k > 0);
     assert!(x.len() >= n * k && w.len() >= o * k && bias.is_none_or(|b| b.len() >= o));
     let mut out: Vec<f32> = Vec::with_capacity(len);
-    let serial = n * o * k < SERIAL_MACS;
+    let serial = n * o * k < GEMV_SERIAL_MACS;
     // Row groups: a few per thread so both threads stream half of the weights each.
     let rblocks = o.div_ceil(GR);
     let groups = if serial { 1 } else { rblocks.min(8) };
