@@ -6,6 +6,8 @@
 //! Winograd kernels (F(2,3) and F(4,3), weights transformed once), im2col + GEMM and candle.
 //! The `wrn1x1_batch{1,8}` groups compare, on its 1x1 stride-1 layers, the unpacked AVX-512
 //! kernel with the two packed-weight layouts (`ops::conv2d_pointwise`).
+//! The `depthwise_small` group compares, on MobileNetV3's 28², 14² and 7² depthwise layers, the
+//! per-plane kernel with the channel-vector one (`ops::depthwise`) that `ops::conv2d` picks there.
 //! Set `RAYON_NUM_THREADS` to pin the thread count (the README figures use the machine's 2 cores).
 
 use candle_core::{Device, Tensor};
@@ -295,5 +297,55 @@ fn se_project(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, batch1, wrn3x3, linear, wrn1x1, se_project);
+fn depthwise_small(c: &mut Criterion) {
+    use ops::depthwise;
+    let mut group = c.benchmark_group("depthwise_small");
+    group.measurement_time(Duration::from_secs(3));
+    for (ch, hw, k, stride) in [
+        (120, 28, 5, 1),
+        (240, 28, 3, 2),
+        (672, 14, 3, 1),
+        (672, 14, 5, 2),
+        (960, 7, 5, 1),
+    ] {
+        let pad = (k - 1) / 2;
+        let side = (hw + 2 * pad - k) / stride + 1;
+        let g = ops::Geometry {
+            n: 1,
+            c: ch,
+            h: hw,
+            w: hw,
+            o: ch,
+            k,
+            stride,
+            pad,
+            oh: side,
+            ow: side,
+        };
+        let flat = |t: Tensor| t.flatten_all().and_then(|t| t.to_vec1::<f32>()).unwrap();
+        let x = flat(rand(&[1, ch, hw, hw]));
+        let w = flat(rand(&[ch, 1, k, k]));
+        let b = flat(rand(&[ch]));
+        let name = format!("dw{k}x{k}/{stride} {ch}@{hw}");
+        group.bench_function(BenchmarkId::new("per_plane", &name), |bch| {
+            bch.iter(|| depthwise::depthwise(&x, &w, Some(&b), None, Activation::Hardswish, &g))
+        });
+        if depthwise::cv_applies(&g, false) {
+            group.bench_function(BenchmarkId::new("channel_vector", &name), |bch| {
+                bch.iter(|| depthwise::depthwise_cv(&x, &w, Some(&b), Activation::Hardswish, &g))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    batch1,
+    wrn3x3,
+    linear,
+    wrn1x1,
+    se_project,
+    depthwise_small
+);
 criterion_main!(benches);

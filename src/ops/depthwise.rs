@@ -10,6 +10,10 @@
 //!    (4 independent accumulator chains hide the FMA latency);
 //! 3. the epilogue adds the residual and applies the activation while the block is in registers
 //!    (the bias is the accumulators' initial value).
+//!
+//! Planes of at most [`CV_MAX_PIXELS`] without a residual (MobileNetV3's 28², 14² and 7² layers)
+//! take [`depthwise_cv`] instead on AVX-512 CPUs: 16 channels per vector, so narrow planes waste
+//! no lanes and each task covers 16 planes.
 
 use super::cpu::{fmadd, multiversion};
 use super::{Activation, Geometry};
@@ -77,7 +81,7 @@ impl Plan {
 }
 
 /// `act(depthwise(x, wt) + bias [+ res])`, NCHW in, NCHW out.
-pub(crate) fn depthwise(
+pub fn depthwise(
     x: &[f32],
     wt: &[f32],
     bias: Option<&[f32]>,
@@ -351,3 +355,268 @@ fn store<const L: usize>(
 
 multiversion!(fn plane(p: &Plan, x: &[f32], w: &[f32], b: f32, r: Option<&[f32]>, act: Activation, scratch: &mut [f32], out: &mut [MaybeUninit<f32>]) => plane_body);
 multiversion!(fn plane_narrow(p: &Plan, x: &[f32], w: &[f32], b: f32, r: Option<&[f32]>, act: Activation, scratch: &mut [f32], out: &mut [MaybeUninit<f32>]) => plane_narrow_body);
+
+/// Channels per group of the channel-vector kernel ([`depthwise_cv`]): one AVX-512 register.
+const CV: usize = 16;
+/// Output pixels per register block of [`depthwise_cv`]: 7, so MobileNetV3's 28-, 14- and 7-wide
+/// maps lose no block to a remainder.
+const CV_PX: usize = 7;
+/// Largest input plane (pixels) [`depthwise_cv`] is used for: up to 28x28, whose padded,
+/// channel-interleaved scratch of 16 channels (at most 64 KiB) stays in L2.
+pub const CV_MAX_PIXELS: usize = 28 * 28;
+
+/// Whether [`depthwise_cv`] runs this call on this CPU: small planes (MobileNetV3's 28², 14² and
+/// 7² layers, where the per-plane kernel wastes vector lanes and per-plane overhead dominates),
+/// no residual, AVX-512.
+pub fn cv_applies(g: &Geometry, has_res: bool) -> bool {
+    !has_res
+        && g.h * g.w <= CV_MAX_PIXELS
+        && g.oh > 0
+        && g.ow > 0
+        && super::cpu::level() == super::cpu::Level::Avx512
+}
+
+/// [`depthwise`] with the 16 channels of a group in the lanes of one vector (ONNX Runtime's NCHWc
+/// idea, kept inside the kernel): per (image, group of 16 channels) task, the group's planes are
+/// interleaved into a zero-padded scratch `[H+2p][Wp][16]`, so every tap of every output pixel is
+/// one aligned 64-byte load and one FMA with the tap's 16 weights, for any stride and with no lane
+/// wasted on narrow planes; register blocks of [`CV_PX`] pixels x 16 channels, bias and activation
+/// applied in registers, then written back to the NCHW planes. The caller checks [`cv_applies`].
+pub fn depthwise_cv(
+    x: &[f32],
+    wt: &[f32],
+    bias: Option<&[f32]>,
+    act: Activation,
+    g: &Geometry,
+) -> Vec<f32> {
+    assert!(cv_applies(g, false));
+    let (k, s, pad) = (g.k, g.stride, g.pad);
+    let kk = k * k;
+    let hp = g.h + 2 * pad;
+    // Columns read by the last (full-width) register block of a row, at least the padded width.
+    let wp = (g.w + 2 * pad).max((g.ow.div_ceil(CV_PX) * CV_PX - 1) * s + k);
+    // Rows read: (oh - 1) * s + k - 1 < h + 2 * pad.
+    assert!((g.oh - 1) * s + k <= hp);
+    let (in_plane, out_plane) = (g.h * g.w, g.oh * g.ow);
+    let groups = g.c.div_ceil(CV);
+    let len = g.n * g.c * out_plane;
+    assert!(x.len() >= g.n * g.c * in_plane && wt.len() >= g.c * kk);
+    assert!(bias.is_none_or(|b| b.len() >= g.c));
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let dst = super::pointwise::OutPtr(out.as_mut_ptr());
+    (0..g.n * groups).into_par_iter().for_each_init(
+        // Zeroed once per worker: every task of this call writes the same interior positions,
+        // so the padding stays zero (lanes of channels past `C` are written as zeros).
+        || vec![0f32; hp * wp * CV],
+        |scratch, task| {
+            let (img, grp) = (task / groups, task % groups);
+            let c0 = grp * CV;
+            let nc = CV.min(g.c - c0);
+            let mut w16 = vec![0f32; kk * CV];
+            let mut b16 = [0f32; CV];
+            for cc in 0..nc {
+                for t in 0..kk {
+                    w16[t * CV + cc] = wt[(c0 + cc) * kk + t];
+                }
+                b16[cc] = bias.map_or(0.0, |b| b[c0 + cc]);
+            }
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: AVX-512 is present (cv_applies). The fill reads the group's `nc` planes
+            // (sliced above) and writes rows pad..pad+h, columns pad..pad+w of the scratch. The
+            // kernel reads rows < hp (asserted above) and columns < wp (sized above) of the
+            // `hp * wp * CV` scratch, `kk * CV` weights.
+            // Writes: channels c0..c0+nc of image `img`, all `out_plane` pixels each, inside the
+            // `len`-float buffer; only this task writes them.
+            unsafe {
+                avx512::cv_fill(
+                    x[(img * g.c + c0) * in_plane..][..nc * in_plane].as_ptr(),
+                    nc,
+                    g.h,
+                    g.w,
+                    scratch.as_mut_ptr().add((pad * wp + pad) * CV),
+                    wp,
+                );
+                let a = avx512::CvArgs {
+                    t: scratch.as_ptr(),
+                    w: w16.as_ptr(),
+                    bias: b16.as_ptr(),
+                    out: dst.ptr().add((img * g.c + c0) * out_plane),
+                    k,
+                    s,
+                    wp,
+                    oh: g.oh,
+                    ow: g.ow,
+                    nc,
+                    act,
+                };
+                avx512::cv_group(&a);
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                let _ = (&dst, &w16, &b16, img, nc);
+                unreachable!("depthwise_cv is only dispatched on AVX-512 CPUs");
+            }
+        },
+    );
+    // SAFETY: the tasks wrote every channel of every image, all `out_plane` pixels each.
+    unsafe { out.set_len(len) };
+    out
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Activation, CV, CV_PX};
+    use std::arch::x86_64::*;
+
+    pub(super) struct CvArgs {
+        /// Channel-interleaved padded scratch `[hp][wp][CV]`.
+        pub t: *const f32,
+        /// `[K*K][CV]` weights, `[CV]` bias.
+        pub w: *const f32,
+        pub bias: *const f32,
+        /// Output plane of the group's first channel (plane stride `oh * ow`).
+        pub out: *mut f32,
+        pub k: usize,
+        pub s: usize,
+        pub wp: usize,
+        pub oh: usize,
+        pub ow: usize,
+        /// Channels of the group that exist (the rest of the lanes are not stored).
+        pub nc: usize,
+        pub act: Activation,
+    }
+
+    /// `out[i][j] = a[i-th lane of a[j]]`: a 16x16 transpose in registers (unpack 32-bit, unpack
+    /// 64-bit, then two 128-bit lane shuffles).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn transpose16(a: &[__m512; 16]) -> [__m512; 16] {
+        let mut t = [_mm512_setzero_ps(); 16];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]);
+        }
+        // u[4i + m], 128-bit lane k: rows 4i..4i+4 of column 4k + m.
+        let mut u = [_mm512_setzero_ps(); 16];
+        for i in 0..4 {
+            let pd = |v: __m512| _mm512_castps_pd(v);
+            let (t0, t1, t2, t3) = (
+                pd(t[4 * i]),
+                pd(t[4 * i + 1]),
+                pd(t[4 * i + 2]),
+                pd(t[4 * i + 3]),
+            );
+            u[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(t0, t2));
+            u[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(t0, t2));
+            u[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(t1, t3));
+            u[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(t1, t3));
+        }
+        let mut out = [_mm512_setzero_ps(); 16];
+        for m in 0..4 {
+            let lo01 = _mm512_shuffle_f32x4::<0x44>(u[m], u[4 + m]);
+            let lo23 = _mm512_shuffle_f32x4::<0x44>(u[8 + m], u[12 + m]);
+            let hi01 = _mm512_shuffle_f32x4::<0xEE>(u[m], u[4 + m]);
+            let hi23 = _mm512_shuffle_f32x4::<0xEE>(u[8 + m], u[12 + m]);
+            out[m] = _mm512_shuffle_f32x4::<0x88>(lo01, lo23);
+            out[4 + m] = _mm512_shuffle_f32x4::<0xDD>(lo01, lo23);
+            out[8 + m] = _mm512_shuffle_f32x4::<0x88>(hi01, hi23);
+            out[12 + m] = _mm512_shuffle_f32x4::<0xDD>(hi01, hi23);
+        }
+        out
+    }
+
+    /// Interleave `nc` planes `[h][w]` (plane stride `h * w`) into `dst[iy * wp + ix][CV]` (lanes
+    /// `nc..CV` get zeros), 16x16 blocks at a time.
+    ///
+    /// # Safety
+    /// AVX-512 present; `x` valid for `nc * h * w` floats, `dst` for writing rows `0..h` (stride
+    /// `wp * CV`) of `w * CV` floats.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn cv_fill(
+        x: *const f32,
+        nc: usize,
+        h: usize,
+        w: usize,
+        dst: *mut f32,
+        wp: usize,
+    ) {
+        let plane = h * w;
+        for iy in 0..h {
+            for ix0 in (0..w).step_by(16) {
+                let nx = 16.min(w - ix0);
+                let mask = ((1u32 << nx) - 1) as __mmask16;
+                let mut rows = [_mm512_setzero_ps(); 16];
+                for (cc, r) in rows.iter_mut().enumerate().take(nc) {
+                    *r = _mm512_maskz_loadu_ps(mask, x.add(cc * plane + iy * w + ix0));
+                }
+                let cols = transpose16(&rows);
+                for (j, v) in cols.iter().enumerate().take(nx) {
+                    _mm512_storeu_ps(dst.add((iy * wp + ix0 + j) * CV), *v);
+                }
+            }
+        }
+    }
+
+    /// # Safety
+    /// AVX-512 present; pointers valid as described in `super::depthwise_cv`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn cv_group(a: &CvArgs) {
+        // Constant strides: the 8 loads of a tap become fixed offsets from one pointer.
+        match (a.s, a.k) {
+            (1, 3) => cv_group_impl::<1, 3>(a),
+            (1, 5) => cv_group_impl::<1, 5>(a),
+            (2, 3) => cv_group_impl::<2, 3>(a),
+            (2, 5) => cv_group_impl::<2, 5>(a),
+            _ => cv_group_impl::<0, 0>(a),
+        }
+    }
+
+    /// `S`, `K`: the stride and kernel size when known at compile time (0: read from `a`).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn cv_group_impl<const S: usize, const K: usize>(a: &CvArgs) {
+        let s = if S == 0 { a.s } else { S };
+        let k = if K == 0 { a.k } else { K };
+        let plane = a.oh * a.ow;
+        let bias = _mm512_loadu_ps(a.bias);
+        for oy in 0..a.oh {
+            for ox0 in (0..a.ow).step_by(CV_PX) {
+                let mut acc = [bias; CV_PX];
+                for kh in 0..k {
+                    let row = a.t.add(((oy * s + kh) * a.wp + ox0 * s) * CV);
+                    for kw in 0..k {
+                        let wv = _mm512_loadu_ps(a.w.add((kh * k + kw) * CV));
+                        let src = row.add(kw * CV);
+                        for (r, c) in acc.iter_mut().enumerate() {
+                            *c = _mm512_fmadd_ps(_mm512_loadu_ps(src.add(r * s * CV)), wv, *c);
+                        }
+                    }
+                }
+                let mut rows = [_mm512_setzero_ps(); CV];
+                for (c, t) in acc.iter().zip(rows.iter_mut()) {
+                    let v = match a.act {
+                        Activation::None => *c,
+                        Activation::Relu => _mm512_max_ps(*c, _mm512_setzero_ps()),
+                        Activation::Hardswish => {
+                            let u = _mm512_add_ps(*c, _mm512_set1_ps(3.0));
+                            let u = _mm512_min_ps(
+                                _mm512_max_ps(u, _mm512_setzero_ps()),
+                                _mm512_set1_ps(6.0),
+                            );
+                            _mm512_mul_ps(*c, _mm512_mul_ps(u, _mm512_set1_ps(1.0 / 6.0)))
+                        }
+                    };
+                    *t = v;
+                }
+                // Pixels x channels -> channels x pixels: lane r of cols[cc] is pixel r.
+                let cols = transpose16(&rows);
+                let npx = CV_PX.min(a.ow - ox0);
+                let mask = ((1u32 << npx) - 1) as __mmask16;
+                let at = oy * a.ow + ox0;
+                for (cc, v) in cols.iter().enumerate().take(a.nc) {
+                    _mm512_mask_storeu_ps(a.out.add(cc * plane + at), mask, *v);
+                }
+            }
+        }
+    }
+}

@@ -302,6 +302,9 @@ fn fast_prepared(
         let (n, c, h, wd) = (geom.n, geom.c, geom.h, geom.w);
         let xv = xs;
         let out = match kernel {
+            Kernel::Depthwise if depthwise::cv_applies(geom, rs.is_some()) => {
+                depthwise::depthwise_cv(xv, wv.slice()?, bs, act, geom)
+            }
             Kernel::Depthwise => depthwise::depthwise(xv, wv.slice()?, bs, rs, act, geom),
             Kernel::Winograd(tile) => {
                 let u = prepared.transformed(tile, wv.slice()?, o, c);

@@ -213,6 +213,111 @@ fn depthwise_matches_reference_odd_shapes() {
     }
 }
 
+/// Both depthwise kernels run directly (not through the automatic choice, which sends small planes
+/// without a residual to the channel-vector kernel), every epilogue, against the reference: the
+/// per-plane kernel must stay right on small planes, and the channel-vector kernel on channel
+/// counts that are not a multiple of 16, odd strides, kernel sizes and non-square planes.
+#[test]
+fn depthwise_kernels_each_match_reference() {
+    for case in [
+        dw(1, 120, 28, 28, 5, 1, 2),
+        dw(2, 240, 28, 28, 3, 2, 1),
+        dw(3, 200, 14, 14, 3, 1, 1),
+        dw(1, 184, 14, 14, 3, 1, 1),
+        dw(2, 672, 14, 14, 5, 2, 2),
+        dw(2, 960, 7, 7, 5, 1, 2),
+        dw(2, 3, 9, 13, 3, 1, 1),
+        dw(3, 5, 17, 10, 3, 2, 1),
+        dw(1, 21, 11, 11, 5, 2, 2),
+        dw(2, 6, 9, 7, 3, 2, 0),
+        dw(1, 33, 5, 5, 5, 1, 0),
+        dw(1, 17, 23, 25, 3, 3, 1),
+        dw(4, 7, 1, 1, 1, 1, 0),
+        dw(2, 8, 20, 19, 7, 2, 3),
+    ] {
+        let (x, wt, p) = operands(&case);
+        let (n, c, h, w, k) = (case.n, case.c, case.h, case.w, case.k);
+        let oh = (h + 2 * case.pad - k) / case.stride + 1;
+        let ow = (w + 2 * case.pad - k) / case.stride + 1;
+        let g = Geometry {
+            n,
+            c,
+            h,
+            w,
+            o: c,
+            k,
+            stride: case.stride,
+            pad: case.pad,
+            oh,
+            ow,
+        };
+        let b = rand_tensor(&[c], 3);
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (xs, ws, bs) = (flat(&x), flat(&wt), flat(&b));
+        for (with_b, act) in [
+            (false, Activation::None),
+            (true, Activation::Relu),
+            (true, Activation::Hardswish),
+        ] {
+            let bb = with_b.then_some(&b);
+            let want = reference::conv2d(&x, &wt, bb, p, act, None).unwrap();
+            let scale = want
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let want = flat(&want);
+            let bias = with_b.then_some(bs.as_slice());
+            let mut got = vec![("plane", depthwise::depthwise(&xs, &ws, bias, None, act, &g))];
+            if depthwise::cv_applies(&g, false) {
+                got.push(("cv", depthwise::depthwise_cv(&xs, &ws, bias, act, &g)));
+            } else {
+                // Only CPUs without AVX-512 skip it; the small planes here all qualify.
+                assert!(
+                    cpu::level() != cpu::Level::Avx512,
+                    "channel-vector kernel refused {case:?}"
+                );
+            }
+            for (name, y) in got {
+                assert_eq!(y.len(), want.len(), "{name} {case:?}");
+                let diff = y
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert!(
+                    diff <= 2e-5 * scale.max(1.0),
+                    "{name}: max abs diff {diff} for {case:?}, bias {with_b}, {act:?}"
+                );
+            }
+        }
+    }
+    // A residual or a large plane keeps the per-plane kernel.
+    let big = Geometry {
+        n: 1,
+        c: 16,
+        h: 56,
+        w: 56,
+        o: 16,
+        k: 3,
+        stride: 1,
+        pad: 1,
+        oh: 56,
+        ow: 56,
+    };
+    assert!(!depthwise::cv_applies(&big, false));
+    let small = Geometry {
+        h: 14,
+        w: 14,
+        oh: 14,
+        ow: 14,
+        ..big
+    };
+    assert!(!depthwise::cv_applies(&small, true));
+}
+
 #[test]
 fn pointwise_matches_reference() {
     for case in [
