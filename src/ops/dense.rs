@@ -163,10 +163,36 @@ fn fill_row(dst: &mut [f32], src: &[f32], kh: usize, kw: usize, g: &Geometry) {
     }
 }
 
+/// Right-hand sides narrower than this many columns, with at least [`SPLIT_MIN_ROWS`] output rows,
+/// are multiplied by [`matmul`] in bands of output rows, one single-threaded GEMM per thread,
+/// instead of one GEMM parallelised inside `gemm`: Wide ResNet's im2col layers at 7² and 14² (49-784
+/// columns, 512-1024 rows) lose less to `gemm`'s per-block synchronisation that way (their layer
+/// times ~3-5% lower). `IMGCLASS_GEMM_SPLIT=0` turns it off (A/B switch, read once).
+pub const SPLIT_MAX_COLUMNS: usize = 1024;
+pub const SPLIT_MIN_ROWS: usize = 512;
+
+fn split_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("IMGCLASS_GEMM_SPLIT").map_or(true, |v| v.trim() != "0"))
+}
+
 /// `dst[m, n] = lhs[m, k] x rhs[k, n]`, all row-major and contiguous, on all rayon threads.
 pub(crate) fn matmul(m: usize, n: usize, k: usize, lhs: &[f32], rhs: &[f32], dst: &mut [f32]) {
     assert!(lhs.len() >= m * k && rhs.len() >= k * n && dst.len() >= m * n);
     let threads = rayon::current_num_threads();
+    if threads > 1 && n > 0 && n < SPLIT_MAX_COLUMNS && m >= SPLIT_MIN_ROWS && split_enabled() {
+        // One band of output rows (a multiple of 16) per thread.
+        let rows = m.div_ceil(threads).div_ceil(16) * 16;
+        dst[..m * n]
+            .par_chunks_mut(rows * n)
+            .enumerate()
+            .for_each(|(i, d)| {
+                let mr = d.len() / n;
+                let l = &lhs[i * rows * k..][..mr * k];
+                gemm_call(mr, n, k, l, rhs, d, Parallelism::None);
+            });
+        return;
+    }
     let par = if threads > 1 {
         Parallelism::Rayon(threads)
     } else {

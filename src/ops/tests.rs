@@ -318,6 +318,44 @@ fn depthwise_kernels_each_match_reference() {
     assert!(!depthwise::cv_applies(&small, true));
 }
 
+/// `dense::matmul` on narrow right-hand sides (one single-threaded GEMM per band of output rows)
+/// and wide ones (one GEMM parallelised inside `gemm`), on a 2- and a 3-thread pool, against a
+/// plain triple loop; band sizes that do not divide `m`.
+#[test]
+fn matmul_bands_match_naive() {
+    for threads in [2, 3] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        for (m, n, k) in [
+            (128, 49, 300),
+            (200, 1, 17),
+            (1000, 130, 64),
+            (130, 4100, 5),
+            (40, 49, 9),
+        ] {
+            let flat = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let a = flat(rand_tensor(&[m, k], 60 + m as u64));
+            let b = flat(rand_tensor(&[k, n], 61 + n as u64));
+            let mut got = vec![f32::NAN; m * n];
+            pool.install(|| dense::matmul(m, n, k, &a, &b, &mut got));
+            for i in 0..m {
+                for j in 0..n {
+                    let want: f64 = (0..k)
+                        .map(|t| a[i * k + t] as f64 * b[t * n + j] as f64)
+                        .sum();
+                    let d = (got[i * n + j] as f64 - want).abs();
+                    assert!(
+                        d <= 1e-4 * (k as f64).sqrt(),
+                        "{m}x{n}x{k} at ({i}, {j}): {d}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn pointwise_matches_reference() {
     for case in [
