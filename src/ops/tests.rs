@@ -18,7 +18,7 @@ fn rand_tensor(shape: &[usize], seed: u64) -> Tensor {
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 struct Case {
     n: usize,
     c: usize,
@@ -117,14 +117,7 @@ fn compare(case: &Case, kernel: Option<Kernel>) -> f32 {
         let want = reference::conv2d(&x, &wt, bb, p, act, rr).unwrap();
         let got = conv2d_with_kernel(kernel, &x, &prepared, bb, p, act, rr).unwrap();
         assert_eq!(got.dims(), want.dims());
-        let scale = want
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-            .max(1.0);
+        let scale = max_abs(&want).max(1.0);
         let diff = (got - &want)
             .unwrap()
             .abs()
@@ -142,7 +135,7 @@ fn compare(case: &Case, kernel: Option<Kernel>) -> f32 {
     worst
 }
 
-fn dw(n: usize, c: usize, h: usize, w: usize, k: usize, stride: usize, pad: usize) -> Case {
+const fn dw(n: usize, c: usize, h: usize, w: usize, k: usize, stride: usize, pad: usize) -> Case {
     Case {
         n,
         c,
@@ -180,61 +173,60 @@ fn dense(
     }
 }
 
+/// MobileNetV3-Large's depthwise layers (some at batch 2-3).
+const MOBILENET_DW: [Case; 9] = [
+    dw(1, 16, 112, 112, 3, 1, 1),
+    dw(1, 64, 112, 112, 3, 2, 1),
+    dw(2, 72, 56, 56, 5, 2, 2),
+    dw(1, 120, 28, 28, 5, 1, 2),
+    dw(2, 240, 28, 28, 3, 2, 1),
+    dw(3, 200, 14, 14, 3, 1, 1),
+    dw(1, 184, 14, 14, 3, 1, 1),
+    dw(2, 672, 14, 14, 5, 2, 2),
+    dw(2, 960, 7, 7, 5, 1, 2),
+];
+
+/// Odd depthwise shapes: non-square planes, k 1/3/5/7, stride 1/2/3, padding 0..3, channel counts
+/// that are not a multiple of 16, a 1x1 plane.
+const ODD_DW: [Case; 12] = [
+    dw(2, 3, 9, 13, 3, 1, 1),
+    dw(3, 5, 17, 10, 3, 2, 1),
+    dw(1, 21, 11, 11, 5, 2, 2),
+    dw(2, 6, 8, 8, 3, 1, 0),
+    dw(2, 6, 9, 7, 3, 2, 0),
+    dw(1, 2, 5, 5, 5, 1, 0),
+    dw(1, 33, 5, 5, 5, 1, 0),
+    dw(1, 3, 33, 35, 3, 3, 1),
+    dw(1, 17, 23, 25, 3, 3, 1),
+    dw(4, 7, 1, 1, 1, 1, 0),
+    dw(2, 8, 20, 19, 7, 2, 3),
+    dw(1, 4, 11, 11, 5, 2, 2),
+];
+
 #[test]
 fn depthwise_matches_reference_mobilenet_shapes() {
-    for case in [
-        dw(1, 16, 112, 112, 3, 1, 1),
-        dw(1, 64, 112, 112, 3, 2, 1),
-        dw(2, 72, 56, 56, 5, 2, 2),
-        dw(1, 120, 28, 28, 5, 1, 2),
-        dw(2, 240, 28, 28, 3, 2, 1),
-        dw(3, 200, 14, 14, 3, 1, 1),
-        dw(2, 672, 14, 14, 5, 2, 2),
-        dw(1, 960, 7, 7, 5, 1, 2),
-    ] {
-        check(&case, Kernel::Depthwise);
+    for case in &MOBILENET_DW {
+        check(case, Kernel::Depthwise);
     }
 }
 
 #[test]
 fn depthwise_matches_reference_odd_shapes() {
-    for case in [
-        dw(2, 3, 9, 13, 3, 1, 1),
-        dw(3, 5, 17, 10, 3, 2, 1),
-        dw(1, 4, 11, 11, 5, 2, 2),
-        dw(2, 6, 8, 8, 3, 1, 0),
-        dw(2, 6, 9, 7, 3, 2, 0),
-        dw(1, 2, 5, 5, 5, 1, 0),
-        dw(1, 3, 33, 35, 3, 3, 1),
-        dw(4, 7, 1, 1, 1, 1, 0),
-        dw(2, 8, 20, 19, 7, 2, 3),
-    ] {
-        check(&case, Kernel::Depthwise);
+    for case in &ODD_DW {
+        check(case, Kernel::Depthwise);
     }
 }
 
 /// Both depthwise kernels run directly (not through the automatic choice, which sends small planes
 /// without a residual to the channel-vector kernel), every epilogue, against the reference: the
-/// per-plane kernel must stay right on small planes, and the channel-vector kernel on channel
-/// counts that are not a multiple of 16, odd strides, kernel sizes and non-square planes.
+/// per-plane kernel must stay right on small planes, and the channel-vector kernel on MobileNetV3's
+/// small maps and the odd shapes.
 #[test]
 fn depthwise_kernels_each_match_reference() {
-    for case in [
-        dw(1, 120, 28, 28, 5, 1, 2),
-        dw(2, 240, 28, 28, 3, 2, 1),
-        dw(3, 200, 14, 14, 3, 1, 1),
-        dw(1, 184, 14, 14, 3, 1, 1),
-        dw(2, 672, 14, 14, 5, 2, 2),
-        dw(2, 960, 7, 7, 5, 1, 2),
-        dw(2, 3, 9, 13, 3, 1, 1),
-        dw(3, 5, 17, 10, 3, 2, 1),
-        dw(1, 21, 11, 11, 5, 2, 2),
-        dw(2, 6, 9, 7, 3, 2, 0),
-        dw(1, 33, 5, 5, 5, 1, 0),
-        dw(1, 17, 23, 25, 3, 3, 1),
-        dw(4, 7, 1, 1, 1, 1, 0),
-        dw(2, 8, 20, 19, 7, 2, 3),
-    ] {
+    let small = MOBILENET_DW
+        .iter()
+        .filter(|c| c.h * c.w <= depthwise::CV_MAX_PIXELS);
+    for &case in small.chain(&ODD_DW) {
         let (x, wt, p) = operands(&case);
         let (n, c, h, w, k) = (case.n, case.c, case.h, case.w, case.k);
         let oh = (h + 2 * case.pad - k) / case.stride + 1;
@@ -261,22 +253,16 @@ fn depthwise_kernels_each_match_reference() {
         ] {
             let bb = with_b.then_some(&b);
             let want = reference::conv2d(&x, &wt, bb, p, act, None).unwrap();
-            let scale = want
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let scale = max_abs(&want);
             let want = flat(&want);
             let bias = with_b.then_some(bs.as_slice());
             let mut got = vec![("plane", depthwise::depthwise(&xs, &ws, bias, None, act, &g))];
             if depthwise::cv_applies(&g, false) {
                 got.push(("cv", depthwise::depthwise_cv(&xs, &ws, bias, act, &g)));
             } else {
-                // Only CPUs without AVX-512 skip it; the small planes here all qualify.
+                // Only planes above CV_MAX_PIXELS or CPUs without AVX-512 skip it.
                 assert!(
-                    cpu::level() != cpu::Level::Avx512,
+                    h * w > depthwise::CV_MAX_PIXELS || cpu::level() != cpu::Level::Avx512,
                     "channel-vector kernel refused {case:?}"
                 );
             }
@@ -442,6 +428,16 @@ fn mismatched_residual_is_an_error_not_a_panic() {
         groups: 4,
     };
     assert!(conv2d(&x, &w, None, p, Activation::None, Some(&r)).is_err());
+}
+
+/// Largest |value| of `t`.
+fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -625,13 +621,7 @@ fn winograd_only_weight_matches_reference_and_checks_shapes() {
         for (act, res) in [(Activation::None, None), (Activation::Relu, Some(&r))] {
             let want = reference::conv2d(&x, &wt, Some(&b), p, act, res).unwrap();
             let got = conv2d_winograd(&x, &ww, Some(&b), p.padding, act, res).unwrap();
-            let scale = want
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let scale = max_abs(&want);
             assert!(
                 max_diff(&got, &want) <= 2e-5 * scale.max(1.0),
                 "{case:?} {act:?}"
@@ -826,14 +816,7 @@ fn packed_pointwise_matches_reference() {
                 let want = reference::conv2d(&x, &wt, bb, p, act, rr).unwrap();
                 let got = conv2d_pointwise(&x, &pw, bb, act, rr).unwrap();
                 assert_eq!(got.dims(), want.dims());
-                let scale = want
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap()
-                    .max(1.0);
+                let scale = max_abs(&want).max(1.0);
                 let diff = max_diff(&got, &want);
                 assert!(
                     diff <= 2e-5 * scale,
