@@ -393,12 +393,29 @@ impl InvertedResidual {
 
 impl Module for InvertedResidual {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = match &self.expand {
-            Some(e) => e.forward(x)?,
-            None => x.clone(),
-        };
-        let y = self.depthwise.forward(&y)?;
         let residual = self.use_res_connect.then_some(x);
+        // On large maps, expand → depthwise (→ project, unless a SqueezeExcitation sits between
+        // them) in one pass over bands of rows, the same result as the layers one by one.
+        let dw = &self.depthwise.conv;
+        let fused = ops::inverted_residual(
+            x,
+            self.expand.as_ref().map(|e| e.conv.block_conv()),
+            dw.block_conv(),
+            dw.stride(),
+            self.se.is_none().then(|| self.project.conv.block_conv()),
+            residual.filter(|_| self.se.is_none()),
+        )?;
+        let y = match fused {
+            Some(out) if self.se.is_none() => return Ok(out),
+            Some(y) => y,
+            None => {
+                let y = match &self.expand {
+                    Some(e) => e.forward(x)?,
+                    None => x.clone(),
+                };
+                self.depthwise.forward(&y)?
+            }
+        };
         match &self.se {
             // SqueezeExcitation's scale folded into the project conv (same result as
             // `project(se.forward(y))`).

@@ -140,6 +140,19 @@ impl FoldedConv {
     }
 
     /// `act(conv(x) + b [+ residual])`, through [`crate::ops::conv2d`].
+    /// The folded convolution as one step of a fused block ([`ops::inverted_residual`]).
+    pub fn block_conv(&self) -> ops::BlockConv<'_> {
+        ops::BlockConv {
+            weight: &self.weight,
+            bias: Some(&self.bias),
+            act: self.act,
+        }
+    }
+
+    pub fn stride(&self) -> usize {
+        self.params.stride
+    }
+
     pub fn forward_with(&self, x: &Tensor, residual: Option<&Tensor>) -> CResult<Tensor> {
         ops::conv2d(
             x,

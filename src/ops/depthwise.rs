@@ -27,9 +27,10 @@ const NARROW: usize = 8;
 /// Output rows per register block.
 const ROWS: usize = 4;
 
-/// Scratch geometry of one plane.
-struct Plan {
+/// Scratch geometry of one plane (or of one band of rows of a plane, [`Plan::band`]).
+pub(crate) struct Plan {
     s: usize,
+    k: usize,
     pad: usize,
     h: usize,
     w: usize,
@@ -48,11 +49,21 @@ struct Plan {
 
 impl Plan {
     fn new(g: &Geometry) -> Self {
+        Self::build(g, g.oh, g.h)
+    }
+
+    /// The plan of [`band`]: bands of at most `rows` output rows (the scratch holds the input
+    /// rows of one band, padding rows included).
+    pub(crate) fn band(g: &Geometry, rows: usize) -> Self {
+        Self::build(g, rows.min(g.oh), 0)
+    }
+
+    fn build(g: &Geometry, oh: usize, h: usize) -> Self {
         let s = g.stride;
-        let ohr = g.oh.div_ceil(ROWS) * ROWS;
+        let ohr = oh.div_ceil(ROWS) * ROWS;
         let lanes = if g.ow <= NARROW { NARROW } else { LANES };
         let owr = g.ow.div_ceil(lanes) * lanes;
-        let hp = (ohr * s + g.k).max(g.h + 2 * g.pad);
+        let hp = (ohr * s + g.k).max(h + 2 * g.pad);
         let wq = (owr + (g.k - 1) / s).max((g.w + 2 * g.pad).div_ceil(s));
         let taps = (0..g.k * g.k)
             .map(|t| {
@@ -65,17 +76,18 @@ impl Plan {
             owr,
             taps,
             s,
+            k: g.k,
             pad: g.pad,
-            h: g.h,
+            h,
             w: g.w,
-            oh: g.oh,
+            oh,
             ow: g.ow,
             hp,
             wq,
         }
     }
 
-    fn scratch_len(&self) -> usize {
+    pub(crate) fn scratch_len(&self) -> usize {
         self.s * self.hp * self.wq
     }
 }
@@ -162,12 +174,20 @@ fn plane_impl<const FMA: bool, const L: usize>(
     scratch: &mut [f32],
     out: &mut [MaybeUninit<f32>],
 ) {
-    let phase_len = p.hp * p.wq;
     // `scratch` was zeroed when created and every plane of this call writes the same positions,
     // so the padding is still zero: only the interior is (over)written here.
     for iy in 0..p.h {
-        let row = &x[iy * p.w..][..p.w];
-        let base = (iy + p.pad) * p.wq;
+        fill_row(p, scratch, iy + p.pad, &x[iy * p.w..][..p.w]);
+    }
+    compute::<FMA, L>(p, p.oh, scratch, w, b, r, act, out);
+}
+
+/// Copy one input row into scratch row `sr` of every stride phase (its interior columns).
+#[inline(always)]
+fn fill_row(p: &Plan, scratch: &mut [f32], sr: usize, row: &[f32]) {
+    let phase_len = p.hp * p.wq;
+    let base = sr * p.wq;
+    {
         if p.s == 1 {
             copy_row(&mut scratch[base + p.pad..][..p.w], row);
         } else if p.s == 2 {
@@ -206,7 +226,22 @@ fn plane_impl<const FMA: bool, const L: usize>(
             }
         }
     }
-    let scratch = &*scratch;
+}
+
+/// The register blocks of output rows `0..oh` (at most the plan's) from a filled scratch.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn compute<const FMA: bool, const L: usize>(
+    p: &Plan,
+    oh: usize,
+    scratch: &[f32],
+    w: &[f32],
+    b: f32,
+    r: Option<&[f32]>,
+    act: Activation,
+    out: &mut [MaybeUninit<f32>],
+) {
+    debug_assert!(oh <= p.oh);
     let row_step = p.s * p.wq;
     let max_tap = p.taps.iter().copied().max().unwrap_or(0);
     // Every load below is at most this far into `scratch` (the plan sizes it so): one check here
@@ -216,8 +251,8 @@ fn plane_impl<const FMA: bool, const L: usize>(
     assert!(p.ohr.is_multiple_of(ROWS) && p.owr.is_multiple_of(L));
     assert!(p.ohr >= p.oh && p.owr >= p.ow);
     let sp = scratch.as_ptr();
-    for oy0 in (0..p.oh).step_by(ROWS) {
-        let nrows = ROWS.min(p.oh - oy0);
+    for oy0 in (0..oh).step_by(ROWS) {
+        let nrows = ROWS.min(oh - oy0);
         // Right to left: a partial block's full-width store spills into the next row's first
         // columns, which a later block (same rows, j0 = 0) or row group then overwrites.
         for j0 in (0..p.ow).step_by(L).rev() {
@@ -251,6 +286,44 @@ fn plane_impl<const FMA: bool, const L: usize>(
         }
     }
 }
+
+/// One band of one plane, for the fused inverted residual ([`super::fused`]): output rows
+/// `oy0..oy0 + oh` (`oh` at most the rows of the [`Plan::band`]) of a plane of `h` input rows,
+/// read from `src`, which holds the plane's input rows from `a` on (every row the band reads).
+/// The rows above and below the plane are zeroed in the scratch here, so one scratch serves
+/// every band. Planes at most [`NARROW`] wide are not supported (the caller checks).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn band_body<const FMA: bool>(
+    p: &Plan,
+    h: usize,
+    src: &[f32],
+    a: usize,
+    oy0: usize,
+    oh: usize,
+    w: &[f32],
+    b: f32,
+    act: Activation,
+    scratch: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
+) {
+    assert!(p.ow > NARROW && oh > 0 && oh <= p.oh);
+    let phase_len = p.hp * p.wq;
+    for r in 0..(oh - 1) * p.s + p.k {
+        let iy = oy0 * p.s + r;
+        if iy >= p.pad && iy - p.pad < h {
+            let j = iy - p.pad - a;
+            fill_row(p, scratch, r, &src[j * p.w..][..p.w]);
+        } else {
+            for ph in 0..p.s {
+                scratch[ph * phase_len + r * p.wq..][..p.wq].fill(0.0);
+            }
+        }
+    }
+    compute::<FMA, LANES>(p, oh, scratch, w, b, None, act, out);
+}
+
+multiversion!(pub(crate) fn band(p: &Plan, h: usize, src: &[f32], a: usize, oy0: usize, oh: usize, w: &[f32], b: f32, act: Activation, scratch: &mut [f32], out: &mut [MaybeUninit<f32>]) => band_body);
 
 /// `dst.copy_from_slice(src)` for short rows without a `memcpy` call: fixed-size vector copies,
 /// the last one overlapping the previous (rows here are 7..=112 floats).

@@ -39,6 +39,7 @@ pub mod alloc;
 mod cpu;
 pub mod dense;
 pub mod depthwise;
+pub mod fused;
 pub mod mmap;
 pub mod packed1x1;
 pub mod pointwise;
@@ -477,6 +478,172 @@ pub fn conv2d_pointwise(
 pub fn pack1x1_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("IMGCLASS_PACK1X1").map_or(true, |v| v.trim() != "0"))
+}
+
+/// Whether MobileNetV3's inverted residuals may run fused ([`inverted_residual`]):
+/// `IMGCLASS_FUSE=0` in the environment turns it off (the A/B switch for benchmarks); read once
+/// per process.
+pub fn fuse_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("IMGCLASS_FUSE").map_or(true, |v| v.trim() != "0"))
+}
+
+/// Smallest input map (pixels) [`inverted_residual`] fuses: below it the block's intermediate
+/// maps fit in the cache anyway, and the per-band overhead is not worth it.
+pub const FUSE_MIN_PIXELS: usize = 56 * 56;
+
+/// One convolution of an inverted residual for [`inverted_residual`]: its (BatchNorm-folded)
+/// weight, bias and activation.
+#[derive(Clone, Copy, Debug)]
+pub struct BlockConv<'a> {
+    pub weight: &'a Tensor,
+    pub bias: Option<&'a Tensor>,
+    pub act: Activation,
+}
+
+/// MobileNetV3's inverted residual in one pass over bands of rows ([`fused`]):
+/// `project(dw(expand(x))) [+ residual]`, or `dw(expand(x))` without `project`; `expand: None`
+/// for a block without one. `dw` has padding `k / 2` and stride `dw_stride`. The same result as
+/// the three [`conv2d`] calls, bit for bit.
+///
+/// Returns `Ok(None)` when the fused kernel does not apply (not AVX-512, other shapes, a map
+/// smaller than [`FUSE_MIN_PIXELS`], `IMGCLASS_FUSE=0`): the caller then runs the layers one by
+/// one. Mis-shaped operands are an error.
+pub fn inverted_residual(
+    x: &Tensor,
+    expand: Option<BlockConv>,
+    dw: BlockConv,
+    dw_stride: usize,
+    project: Option<BlockConv>,
+    residual: Option<&Tensor>,
+) -> Result<Option<Tensor>> {
+    let (n, c, h, wd) = x.dims4()?;
+    let cpu_f32 = |t: &Tensor| t.dtype() == DType::F32 && matches!(t.device(), Device::Cpu);
+    let e = match expand {
+        Some(ex) => ex.weight.dims4()?.0,
+        None => c,
+    };
+    let (dwo, dwi, k, k2) = dw.weight.dims4()?;
+    let o = match project {
+        Some(p) => p.weight.dims4()?.0,
+        None => e,
+    };
+    let shape_ok = expand.is_none_or(|ex| ex.weight.dims() == [e, c, 1, 1])
+        && dwo == e
+        && dwi == 1
+        && k == k2
+        && k % 2 == 1
+        && dw_stride > 0
+        && project.is_none_or(|p| p.weight.dims() == [o, e, 1, 1])
+        && h + 2 * (k / 2) >= k
+        && wd + 2 * (k / 2) >= k;
+    if !shape_ok {
+        candle_core::bail!(
+            "inverted_residual: input {:?}, expand {:?}, depthwise {:?}, project {:?}",
+            x.dims(),
+            expand.map(|c| c.weight.dims().to_vec()),
+            dw.weight.dims(),
+            project.map(|c| c.weight.dims().to_vec())
+        );
+    }
+    let convs = [expand, Some(dw), project];
+    for (conv, ch) in convs.iter().zip([e, e, o]) {
+        if let Some(b) = conv.and_then(|c| c.bias) {
+            if b.dims() != [ch] {
+                candle_core::bail!(
+                    "inverted_residual: bias shape {:?}, expected [{ch}]",
+                    b.dims()
+                );
+            }
+        }
+    }
+    let pad = k / 2;
+    let oh = (h + 2 * pad - k) / dw_stride + 1;
+    let ow = (wd + 2 * pad - k) / dw_stride + 1;
+    if let Some(r) = residual {
+        if project.is_none() || r.dims() != [n, o, oh, ow] {
+            candle_core::bail!(
+                "inverted_residual: residual shape {:?}, expected [{n}, {o}, {oh}, {ow}] after a \
+                 project convolution",
+                r.dims()
+            );
+        }
+    }
+    let all_f32 = cpu_f32(x)
+        && convs
+            .iter()
+            .flatten()
+            .all(|c| cpu_f32(c.weight) && c.bias.is_none_or(cpu_f32))
+        && residual.is_none_or(cpu_f32);
+    if !fuse_enabled()
+        || !all_f32
+        || h * wd < FUSE_MIN_PIXELS
+        || !fused::available(c, e, project.map(|_| o), ow)
+    {
+        return Ok(None);
+    }
+    let contiguous = |t: &Tensor| t.contiguous();
+    let x = x.contiguous()?;
+    let xv = cpu::F32View::new(&x)?;
+    // weights and biases as contiguous tensors, then as slices
+    let ts: Vec<Option<(Tensor, Option<Tensor>)>> = convs
+        .iter()
+        .map(|c| {
+            c.map(|c| Ok((contiguous(c.weight)?, c.bias.map(contiguous).transpose()?)))
+                .transpose()
+        })
+        .collect::<Result<_>>()?;
+    let views: Vec<Option<(cpu::F32View, Option<cpu::F32View>)>> = ts
+        .iter()
+        .map(|t| {
+            t.as_ref()
+                .map(|(w, b)| {
+                    Ok((
+                        cpu::F32View::new(w)?,
+                        b.as_ref().map(cpu::F32View::new).transpose()?,
+                    ))
+                })
+                .transpose()
+        })
+        .collect::<Result<_>>()?;
+    let mut slices = Vec::with_capacity(3);
+    for v in &views {
+        slices.push(match v {
+            Some((w, b)) => Some((w.slice()?, b.as_ref().map(|b| b.slice()).transpose()?)),
+            None => None,
+        });
+    }
+    let residual = residual.map(contiguous).transpose()?;
+    let rv = residual.as_ref().map(cpu::F32View::new).transpose()?;
+    let rs = rv.as_ref().map(|v| v.slice()).transpose()?;
+    let pw = |i: usize, conv: Option<BlockConv>, o: usize| {
+        conv.zip(slices[i]).map(|(c, (w, b))| fused::Pointwise {
+            w,
+            b,
+            act: c.act,
+            o,
+        })
+    };
+    let (dw_w, dw_b) =
+        slices[1].unwrap_or_else(|| unreachable!("the depthwise conv is always given"));
+    let out = fused::inverted_residual(
+        xv.slice()?,
+        n,
+        c,
+        h,
+        wd,
+        pw(0, expand, e),
+        fused::Depthwise {
+            w: dw_w,
+            b: dw_b,
+            act: dw.act,
+            k,
+            stride: dw_stride,
+        },
+        pw(2, project, o),
+        rs,
+    );
+    Tensor::from_vec(out, (n, o, oh, ow), &Device::Cpu).map(Some)
 }
 
 /// Checks the bias and residual shapes, makes the operands contiguous f32 slices and runs `f` on

@@ -209,7 +209,8 @@ unsafe fn block(
             res: res.map_or(std::ptr::null(), |r| r[p0..].as_ptr()),
             out,
             k,
-            p,
+            ldx: p,
+            ldo: p,
             mask,
             act,
         };
@@ -232,9 +233,78 @@ unsafe fn block(
     }
 }
 
+/// [`conv1x1`] of one band of `np` pixels of one image, on the calling thread, with its own row
+/// strides: `out[i*ldo + j] = act(sum_kk w[i, kk] x[kk*ldx + j] + b[i] [+ res[i*ldo + j]])` for
+/// `i < o`, `j < np` (the fused inverted residual runs its expand and project convolutions on bands
+/// of rows this way, [`super::fused`]). Same register blocks, so the same results as [`conv1x1`].
+///
+/// # Safety
+/// AVX-512 present and `o` a multiple of [`MR`] ([`conv1x1_available`]); `x` valid for reading `k`
+/// rows of `np` floats at stride `ldx`; `out` valid for writing, and `res` (unless null) for
+/// reading, `o` rows of `np` floats at stride `ldo`; `w` holds `o * k` floats, `bias` `o`; `out`
+/// does not alias the inputs.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn conv1x1_band(
+    x: *const f32,
+    ldx: usize,
+    w: &[f32],
+    bias: Option<&[f32]>,
+    res: *const f32,
+    act: Activation,
+    k: usize,
+    o: usize,
+    np: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    debug_assert!(conv1x1_available(o) && w.len() >= o * k && bias.is_none_or(|b| b.len() >= o));
+    #[cfg(target_arch = "x86_64")]
+    for p0 in (0..np).step_by(NP) {
+        let n = NP.min(np - p0);
+        let nv = n.div_ceil(16);
+        let tail = n - (nv - 1) * 16;
+        let mask: u16 = if tail == 16 {
+            0xFFFF
+        } else {
+            (1u16 << tail) - 1
+        };
+        for o0 in (0..o).step_by(MR) {
+            let a = Args {
+                x: x.add(p0),
+                gate: std::ptr::null(),
+                w: w[o0 * k..].as_ptr(),
+                bias: bias.map_or(std::ptr::null(), |b| b[o0..].as_ptr()),
+                res: if res.is_null() {
+                    res
+                } else {
+                    res.add(o0 * ldo + p0)
+                },
+                out: out.add(o0 * ldo + p0),
+                k,
+                ldx,
+                ldo,
+                mask,
+                act,
+            };
+            // SAFETY: the caller's contract covers rows o0..o0+MR and pixels p0..p0+n; loads
+            // past `n` are masked out.
+            match nv {
+                1 => avx512::tile::<1, false>(&a),
+                2 => avx512::tile::<2, false>(&a),
+                _ => avx512::tile::<NV, false>(&a),
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (x, ldx, w, bias, res, act, k, o, np, out, ldo);
+        unreachable!("conv1x1_band is only dispatched on AVX-512 CPUs");
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 struct Args {
-    /// `x[0, p0]` of the image (row stride `p`).
+    /// `x[0, p0]` of the image (row stride `ldx`).
     x: *const f32,
     /// `k` input-channel gates of the image, or null (used only by `tile::<_, true>`).
     gate: *const f32,
@@ -242,12 +312,15 @@ struct Args {
     w: *const f32,
     /// `MR` biases or null.
     bias: *const f32,
-    /// Residual at (o0, p0) (row stride `p`) or null.
+    /// Residual at (o0, p0) (row stride `ldo`) or null.
     res: *const f32,
-    /// Output at (o0, p0) (row stride `p`).
+    /// Output at (o0, p0) (row stride `ldo`).
     out: *mut f32,
     k: usize,
-    p: usize,
+    /// Row stride of `x`.
+    ldx: usize,
+    /// Row stride of `out` and `res`.
+    ldo: usize,
     /// Lanes of the last vector of each row.
     mask: u16,
     act: Activation,
@@ -284,9 +357,9 @@ mod avx512 {
                 *row = [_mm512_set1_ps(*a.bias.add(i)); V];
             }
         }
-        let (w, k, p) = (a.w, a.k, a.p);
+        let (w, k) = (a.w, a.k);
         for kk in 0..k {
-            let xr = a.x.add(kk * p);
+            let xr = a.x.add(kk * a.ldx);
             let mut xv = [_mm512_setzero_ps(); V];
             for (j, v) in xv.iter_mut().enumerate() {
                 *v = if j + 1 < V {
@@ -309,8 +382,8 @@ mod avx512 {
             }
         }
         for (i, row) in acc.iter().enumerate() {
-            let o = a.out.add(i * p);
-            let r = a.res.wrapping_add(i * p);
+            let o = a.out.add(i * a.ldo);
+            let r = a.res.wrapping_add(i * a.ldo);
             for (j, c) in row.iter().enumerate() {
                 let last = j + 1 == V;
                 let mut v = *c;

@@ -865,3 +865,257 @@ fn packed_pointwise_checks_shapes() {
         Some(packed1x1::Layout::Panels8)
     );
 }
+
+/// One inverted residual for the fused-block tests: weights, biases, activations.
+struct Block {
+    expand: Option<(Tensor, Tensor)>,
+    dw: (Tensor, Tensor),
+    project: Option<(Tensor, Tensor)>,
+    k: usize,
+    stride: usize,
+    act: Activation,
+}
+
+impl Block {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        c: usize,
+        e: usize,
+        o: Option<usize>,
+        k: usize,
+        stride: usize,
+        expand: bool,
+        act: Activation,
+        seed: u64,
+    ) -> Self {
+        let e = if expand { e } else { c };
+        let scaled = |shape: &[usize], seed: u64, fan_in: usize| {
+            (rand_tensor(shape, seed) * (1.0 / (fan_in as f64).sqrt())).unwrap()
+        };
+        Block {
+            expand: expand.then(|| (scaled(&[e, c, 1, 1], seed, c), rand_tensor(&[e], seed + 1))),
+            dw: (
+                scaled(&[e, 1, k, k], seed + 2, k * k),
+                rand_tensor(&[e], seed + 3),
+            ),
+            project: o.map(|o| {
+                (
+                    scaled(&[o, e, 1, 1], seed + 4, e),
+                    rand_tensor(&[o], seed + 5),
+                )
+            }),
+            k,
+            stride,
+            act,
+        }
+    }
+
+    fn convs(&self) -> (Option<BlockConv<'_>>, BlockConv<'_>, Option<BlockConv<'_>>) {
+        fn conv(t: &(Tensor, Tensor), act: Activation) -> BlockConv<'_> {
+            BlockConv {
+                weight: &t.0,
+                bias: Some(&t.1),
+                act,
+            }
+        }
+        (
+            self.expand.as_ref().map(|t| conv(t, self.act)),
+            conv(&self.dw, self.act),
+            self.project.as_ref().map(|t| conv(t, Activation::None)),
+        )
+    }
+
+    /// The layers one by one through `conv`.
+    fn layers(
+        &self,
+        x: &Tensor,
+        res: Option<&Tensor>,
+        conv: impl Fn(
+            &Tensor,
+            &Tensor,
+            &Tensor,
+            ConvParams,
+            Activation,
+            Option<&Tensor>,
+        ) -> Result<Tensor>,
+    ) -> Tensor {
+        let pw = ConvParams {
+            stride: 1,
+            padding: 0,
+            groups: 1,
+        };
+        let mut y = x.clone();
+        if let Some((w, b)) = &self.expand {
+            y = conv(&y, w, b, pw, self.act, None).unwrap();
+        }
+        let e = y.dims()[1];
+        let p = ConvParams {
+            stride: self.stride,
+            padding: self.k / 2,
+            groups: e,
+        };
+        y = conv(&y, &self.dw.0, &self.dw.1, p, self.act, None).unwrap();
+        if let Some((w, b)) = &self.project {
+            y = conv(&y, w, b, pw, Activation::None, res).unwrap();
+        }
+        y
+    }
+
+    /// The fused kernel called directly (any map size), on the current rayon pool.
+    fn fused_direct(&self, x: &Tensor, res: Option<&Tensor>) -> Tensor {
+        let (n, c, h, w) = x.dims4().unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (xv, rv) = (flat(x), res.map(flat));
+        let ex = self.expand.as_ref().map(|(w, b)| (flat(w), flat(b)));
+        let pr = self.project.as_ref().map(|(w, b)| (flat(w), flat(b)));
+        let (dw_w, dw_b) = (flat(&self.dw.0), flat(&self.dw.1));
+        let e = ex.as_ref().map_or(c, |(_, b)| b.len());
+        fn pw(t: &Option<(Vec<f32>, Vec<f32>)>, act: Activation) -> Option<fused::Pointwise<'_>> {
+            t.as_ref().map(|(w, b)| fused::Pointwise {
+                w,
+                b: Some(b),
+                act,
+                o: b.len(),
+            })
+        }
+        let (k, s) = (self.k, self.stride);
+        let (oh, ow) = ((h + 2 * (k / 2) - k) / s + 1, (w + 2 * (k / 2) - k) / s + 1);
+        let o = pr.as_ref().map_or(e, |(_, b)| b.len());
+        let out = fused::inverted_residual(
+            &xv,
+            n,
+            c,
+            h,
+            w,
+            pw(&ex, self.act),
+            fused::Depthwise {
+                w: &dw_w,
+                b: Some(&dw_b),
+                act: self.act,
+                k,
+                stride: s,
+            },
+            pw(&pr, Activation::None),
+            rv.as_deref(),
+        );
+        Tensor::from_vec(out, (n, o, oh, ow), &Device::Cpu).unwrap()
+    }
+}
+
+#[test]
+fn fused_inverted_residual_matches_layers_on_mobilenet_blocks() {
+    // MobileNetV3-Large's blocks on maps of at least FUSE_MIN_PIXELS: (c, e, o, k, stride, expand,
+    // act, input side, residual, squeeze-excitation (no project fused))
+    let blocks = [
+        (16, 16, 16, 3, 1, false, Activation::Relu, 112, true, false),
+        (16, 64, 24, 3, 2, true, Activation::Relu, 112, false, false),
+        (24, 72, 24, 3, 1, true, Activation::Relu, 56, true, false),
+        (24, 72, 40, 5, 2, true, Activation::Relu, 56, false, true),
+    ];
+    let mut fused_runs = 0;
+    for (i, &(c, e, o, k, s, expand, act, side, residual, se)) in blocks.iter().enumerate() {
+        for n in [1, 2] {
+            let b = Block::new(c, e, (!se).then_some(o), k, s, expand, act, 10 * i as u64);
+            let x = rand_tensor(&[n, c, side, side], i as u64 + 100);
+            let res = residual.then_some(&x);
+            let want = b.layers(&x, res, |x, w, b, p, a, r| {
+                reference::conv2d(x, w, Some(b), p, a, r)
+            });
+            let unfused = b.layers(&x, res, |x, w, b, p, a, r| conv2d(x, w, Some(b), p, a, r));
+            let (ex, dw, pr) = b.convs();
+            let Some(got) = inverted_residual(&x, ex, dw, s, pr, res).unwrap() else {
+                // not an AVX-512 CPU, or IMGCLASS_FUSE=0
+                assert!(cpu::level() != cpu::Level::Avx512 || !fuse_enabled());
+                continue;
+            };
+            fused_runs += 1;
+            let d = max_diff(&got, &want);
+            assert!(
+                d <= 2e-5 * max_abs(&want).max(1.0),
+                "block {i} batch {n}: {d}"
+            );
+            // the same register blocks as the unfused kernels: the same floats
+            assert_eq!(max_diff(&got, &unfused), 0.0, "block {i} batch {n}");
+        }
+    }
+    if cpu::level() == cpu::Level::Avx512 && fuse_enabled() {
+        assert_eq!(fused_runs, 8);
+    }
+}
+
+#[test]
+fn fused_inverted_residual_matches_reference_on_odd_shapes() {
+    if !fused::available(8, 16, Some(8), 16) {
+        return; // not an AVX-512 CPU
+    }
+    // (n, c, e, project outputs, k, stride, h, w, expand, residual): many bands per image (the rows
+    // two bands share carried over), runs of bands split over 1 and 3 threads, heights and widths
+    // not a multiple of the band or the register block, stride 2 on odd sizes, no expand, no
+    // project, channel counts just above a multiple of 8
+    let cases = [
+        (1, 8, 16, Some(8), 3, 1, 70, 20, true, true),
+        (2, 8, 16, Some(8), 3, 1, 70, 20, true, false),
+        (1, 5, 24, Some(16), 5, 2, 61, 33, true, false),
+        (3, 16, 16, Some(16), 3, 1, 45, 17, false, true),
+        (1, 16, 40, None, 5, 1, 50, 23, true, false),
+        (2, 24, 24, None, 3, 2, 39, 40, false, false),
+        (1, 3, 72, Some(24), 3, 2, 90, 90, true, false),
+        (1, 24, 72, Some(24), 3, 1, 9, 12, true, true),
+        (1, 12, 64, Some(8), 7, 1, 30, 30, true, false),
+    ];
+    for threads in [1, 3] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        for (i, &(n, c, e, o, k, s, h, w, expand, residual)) in cases.iter().enumerate() {
+            let project = o.is_some();
+            let b = Block::new(c, e, o, k, s, expand, Activation::Hardswish, 7 * i as u64);
+            let x = rand_tensor(&[n, c, h, w], 50 + i as u64);
+            let res = residual.then(|| {
+                let ch = o.unwrap_or(if expand { e } else { c });
+                let (oh, ow) = ((h + 2 * (k / 2) - k) / s + 1, (w + 2 * (k / 2) - k) / s + 1);
+                rand_tensor(&[n, ch, oh, ow], 90 + i as u64)
+            });
+            let res = res.filter(|_| project);
+            let want = b.layers(&x, res.as_ref(), |x, w, b, p, a, r| {
+                reference::conv2d(x, w, Some(b), p, a, r)
+            });
+            let got = pool.install(|| b.fused_direct(&x, res.as_ref()));
+            let d = max_diff(&got, &want);
+            assert!(
+                d <= 2e-5 * max_abs(&want).max(1.0),
+                "case {i}, {threads} threads: {d}"
+            );
+        }
+    }
+}
+
+#[test]
+fn fused_inverted_residual_checks_shapes() {
+    let b = Block::new(16, 64, Some(24), 3, 2, true, Activation::Relu, 1);
+    let x = rand_tensor(&[1, 16, 56, 56], 2);
+    let (ex, dw, pr) = b.convs();
+    // wrong input channels, a residual of the wrong shape, a residual without a project conv,
+    // a mis-shaped bias: errors, not panics
+    let other = rand_tensor(&[1, 8, 56, 56], 3);
+    assert!(inverted_residual(&other, ex, dw, 2, pr, None).is_err());
+    let bad = rand_tensor(&[1, 24, 56, 56], 4);
+    assert!(inverted_residual(&x, ex, dw, 2, pr, Some(&bad)).is_err());
+    let dw_out = rand_tensor(&[1, 64, 28, 28], 5);
+    assert!(inverted_residual(&x, ex, dw, 2, None, Some(&dw_out)).is_err());
+    let short = rand_tensor(&[10], 6);
+    let bad_bias = BlockConv {
+        bias: Some(&short),
+        ..dw
+    };
+    assert!(inverted_residual(&x, ex, bad_bias, 2, pr, None).is_err());
+    // a map below FUSE_MIN_PIXELS and an empty batch are left to the layers
+    let small = rand_tensor(&[1, 16, 14, 14], 7);
+    assert!(inverted_residual(&small, ex, dw, 2, pr, None)
+        .unwrap()
+        .is_none());
+    let empty = Tensor::zeros((0, 16, 56, 56), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let y = inverted_residual(&empty, ex, dw, 2, pr, None).unwrap();
+    assert!(y.is_none_or(|y| y.dims() == [0, 24, 28, 28]));
+}
