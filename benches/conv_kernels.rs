@@ -8,6 +8,10 @@
 //! kernel with the two packed-weight layouts (`ops::conv2d_pointwise`).
 //! The `depthwise_small` group compares, on MobileNetV3's 28², 14² and 7² depthwise layers, the
 //! per-plane kernel with the channel-vector one (`ops::depthwise`) that `ops::conv2d` picks there.
+//! The `fused_block` group compares, on MobileNetV3's first four inverted residuals (the maps
+//! `ops::inverted_residual` fuses), the fused block with its layers one by one, each with hot
+//! caches and after 64 MB of other memory was touched (as inside a forward pass, where a block's
+//! output buffer is not in any cache).
 //! Set `RAYON_NUM_THREADS` to pin the thread count (the README figures use the machine's 2 cores).
 
 use candle_core::{Device, Tensor};
@@ -339,6 +343,120 @@ fn depthwise_small(c: &mut Criterion) {
     group.finish();
 }
 
+fn relu_conv(t: &(Tensor, Tensor)) -> ops::BlockConv<'_> {
+    ops::BlockConv {
+        weight: &t.0,
+        bias: Some(&t.1),
+        act: Activation::Relu,
+    }
+}
+
+fn fused_block(c: &mut Criterion) {
+    use criterion::BatchSize;
+    let mut group = c.benchmark_group("fused_block");
+    group.measurement_time(Duration::from_secs(3));
+    let pw = ConvParams {
+        stride: 1,
+        padding: 0,
+        groups: 1,
+    };
+    let mut junk = vec![1u8; 64 << 20];
+    // (name, c, e, o, k, stride, side, residual, squeeze-excitation: no project fused)
+    for (name, ch, e, o, k, stride, side, residual, se) in [
+        (
+            "b0 dw3x3 16@112 +project",
+            16,
+            16,
+            16,
+            3,
+            1,
+            112,
+            true,
+            false,
+        ),
+        (
+            "b1 16->64 dw3x3/2 ->24 @112",
+            16,
+            64,
+            24,
+            3,
+            2,
+            112,
+            false,
+            false,
+        ),
+        (
+            "b2 24->72 dw3x3 ->24 @56",
+            24,
+            72,
+            24,
+            3,
+            1,
+            56,
+            true,
+            false,
+        ),
+        ("b3 24->72 dw5x5/2 @56", 24, 72, 40, 5, 2, 56, false, true),
+    ] {
+        for batch in [1, 8] {
+            let x = rand(&[batch, ch, side, side]);
+            let ex = (e != ch).then(|| (rand(&[e, ch, 1, 1]), rand(&[e])));
+            let dw = (rand(&[e, 1, k, k]), rand(&[e]));
+            let pr = (!se).then(|| (rand(&[o, e, 1, 1]), rand(&[o])));
+            let res = residual.then_some(&x);
+
+            let fused = || {
+                ops::inverted_residual(
+                    &x,
+                    ex.as_ref().map(relu_conv),
+                    relu_conv(&dw),
+                    stride,
+                    pr.as_ref().map(|t| ops::BlockConv {
+                        act: Activation::None,
+                        ..relu_conv(t)
+                    }),
+                    res,
+                )
+                .unwrap()
+            };
+            if fused().is_none() {
+                continue; // not an AVX-512 CPU
+            }
+            let layers = || {
+                let mut y = x.clone();
+                if let Some((w, b)) = &ex {
+                    y = ops::conv2d(&y, w, Some(b), pw, Activation::Relu, None).unwrap();
+                }
+                let p = ConvParams {
+                    stride,
+                    padding: k / 2,
+                    groups: e,
+                };
+                y = ops::conv2d(&y, &dw.0, Some(&dw.1), p, Activation::Relu, None).unwrap();
+                if let Some((w, b)) = &pr {
+                    y = ops::conv2d(&y, w, Some(b), pw, Activation::None, res).unwrap();
+                }
+                y
+            };
+            let id = format!("{name} batch{batch}");
+            group.bench_function(BenchmarkId::new("layers", &id), |b| b.iter(layers));
+            group.bench_function(BenchmarkId::new("fused", &id), |b| b.iter(fused));
+            let mut flush = || {
+                for v in junk.iter_mut().step_by(64) {
+                    *v = v.wrapping_add(1);
+                }
+            };
+            group.bench_function(BenchmarkId::new("layers_cold", &id), |b| {
+                b.iter_batched(&mut flush, |_| layers(), BatchSize::PerIteration)
+            });
+            group.bench_function(BenchmarkId::new("fused_cold", &id), |b| {
+                b.iter_batched(&mut flush, |_| fused(), BatchSize::PerIteration)
+            });
+        }
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     batch1,
@@ -346,6 +464,7 @@ criterion_group!(
     linear,
     wrn1x1,
     se_project,
-    depthwise_small
+    depthwise_small,
+    fused_block
 );
 criterion_main!(benches);

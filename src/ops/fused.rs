@@ -45,6 +45,9 @@ pub struct Depthwise<'a> {
 /// depthwise output it stays within a 1 MiB L2.
 const EXPAND_BUF: usize = 64 * 1024;
 
+/// Tasks per thread at batch 1 (two: a thread the host slows down leaves work to the other).
+const RUNS_PER_THREAD: usize = 2;
+
 /// Whether [`inverted_residual`] runs on this CPU for these channel counts and this output width.
 pub fn available(c: usize, e: usize, o: Option<usize>, ow: usize) -> bool {
     level() == Level::Avx512
@@ -106,12 +109,13 @@ pub fn inverted_residual(
     let bo = bo.min(oh);
     let erows = rows_for(bo).min(h);
     let plan = Plan::band(&geom, bo);
-    // Runs of rows per image: enough tasks for every thread, and a whole number of bands each.
+    // Runs of rows per image, as even as can be: [`RUNS_PER_THREAD`] tasks per thread (each run
+    // computes the input rows it shares with the run before it again), whole images from a batch
+    // of that many tasks up. Splitting by rows, not by whole bands, keeps two threads balanced.
     let threads = rayon::current_num_threads();
-    let bands = oh.div_ceil(bo);
-    let runs = (2 * threads).div_ceil(n).clamp(1, bands);
-    let bands_per_run = bands.div_ceil(runs);
-    let runs = bands.div_ceil(bands_per_run);
+    let runs = (RUNS_PER_THREAD * threads)
+        .div_ceil(n)
+        .clamp(1, oh.div_ceil(4));
     let (hw, ohw) = (h * w, oh * ow);
     let len = n * o * ohw;
     let mut out: Vec<f32> = Vec::with_capacity(len);
@@ -126,8 +130,7 @@ pub fn inverted_residual(
         },
         |(ebuf, scratch, dbuf), job| {
             let (img, run) = (job / runs, job % runs);
-            let r0 = run * bands_per_run * bo;
-            let r1 = (r0 + bands_per_run * bo).min(oh);
+            let (r0, r1) = (run * oh / runs, (run + 1) * oh / runs);
             let ximg = &x[img * c * hw..][..c * hw];
             // input rows lo..hi are in ebuf rows 0..hi-lo
             let (mut lo, mut hi) = (0, 0);
