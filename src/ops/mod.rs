@@ -32,6 +32,10 @@
 //!   band of output rows (`stem`);
 //! - anything else (other grouped convolutions, non-f32, non-CPU): the plain candle reference.
 //!
+//! Beside single convolutions, [`inverted_residual`] runs a whole MobileNetV3 block (expand 1x1 →
+//! depthwise → project 1x1) over bands of rows on maps from [`FUSE_MIN_PIXELS`] up ([`fused`]),
+//! so its intermediate maps stay in cache; `IMGCLASS_FUSE=0` (read once) turns it off.
+//!
 //! [`pool`] has the other ops of the two networks (global average pooling, SqueezeExcitation's
 //! scaling, max pooling) on the same rayon pool.
 
