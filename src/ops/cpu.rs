@@ -93,6 +93,21 @@ macro_rules! multiversion {
 }
 pub(crate) use multiversion;
 
+/// For a row of `np > 0` floats in 16-lane vectors: how many vectors, and the lane mask of the
+/// last one (all 16 lanes when `np` is a multiple of 16).
+pub(crate) fn vectors_and_mask(np: usize) -> (usize, u16) {
+    let nv = np.div_ceil(16);
+    let tail = np - (nv - 1) * 16;
+    (
+        nv,
+        if tail == 16 {
+            0xFFFF
+        } else {
+            (1u16 << tail) - 1
+        },
+    )
+}
+
 /// `a * b + c`: one FMA instruction inside the multiversioned kernels (`FMA == true`), a plain
 /// multiply-add otherwise (`mul_add` without hardware FMA would be a slow libm call).
 #[inline(always)]

@@ -19,7 +19,7 @@
 //!
 //! Interleaved single-thread A/B against the unpacked kernel: `examples/pack1x1_ab.rs`.
 
-use super::cpu::{level, Level};
+use super::cpu::{level, vectors_and_mask, Level};
 use super::pointwise::{run_jobs, OutPtr};
 use super::Activation;
 use rayon::prelude::*;
@@ -195,13 +195,7 @@ unsafe fn block(
     #[cfg(target_arch = "x86_64")]
     {
         assert!(x.len() >= (kn - 1) * p + p0 + np && w.len() >= kn * MR);
-        let nv = np.div_ceil(16);
-        let tail = np - (nv - 1) * 16;
-        let mask: u16 = if tail == 16 {
-            0xFFFF
-        } else {
-            (1u16 << tail) - 1
-        };
+        let (nv, mask) = vectors_and_mask(np);
         let a = avx512::Args {
             x: x[p0..].as_ptr(),
             w: w.as_ptr(),

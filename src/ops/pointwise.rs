@@ -12,7 +12,7 @@
 //! Small calls run on the calling thread (a rayon region costs more than they do); larger ones are
 //! split into a few tasks over (image, pixel tile, output-channel group).
 
-use super::cpu::{level, Level};
+use super::cpu::{level, vectors_and_mask, Level};
 use super::Activation;
 use rayon::prelude::*;
 
@@ -194,13 +194,7 @@ unsafe fn block(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        let nv = np.div_ceil(16);
-        let tail = np - (nv - 1) * 16;
-        let mask: u16 = if tail == 16 {
-            0xFFFF
-        } else {
-            (1u16 << tail) - 1
-        };
+        let (nv, mask) = vectors_and_mask(np);
         let a = Args {
             x: x[p0..].as_ptr(),
             gate: gate.map_or(std::ptr::null(), |g| g.as_ptr()),
@@ -261,13 +255,7 @@ pub(crate) unsafe fn conv1x1_band(
     #[cfg(target_arch = "x86_64")]
     for p0 in (0..np).step_by(NP) {
         let n = NP.min(np - p0);
-        let nv = n.div_ceil(16);
-        let tail = n - (nv - 1) * 16;
-        let mask: u16 = if tail == 16 {
-            0xFFFF
-        } else {
-            (1u16 << tail) - 1
-        };
+        let (nv, mask) = vectors_and_mask(n);
         for o0 in (0..o).step_by(MR) {
             let a = Args {
                 x: x.add(p0),
