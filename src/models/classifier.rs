@@ -152,34 +152,23 @@ mod tests {
         // 5 different images: parts of 2 and 3 images, and uneven splits
         let x = Tensor::randn(0f32, 1.0, (5, 3, 64, 64), &Device::Cpu).unwrap();
         let whole = c.forward_parts(&x, 1).unwrap();
-        let scale = whole
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let max_abs = |t: &Tensor| -> f32 {
+            let m = t.abs().and_then(|a| a.max_all()).unwrap();
+            m.to_scalar::<f32>().unwrap()
+        };
+        let scale = max_abs(&whole);
         for parts in [2, 3, 5, 9] {
             let split = c.forward_parts(&x, parts).unwrap();
             assert_eq!(split.dims(), [5, 1000]);
-            let d = (&split - &whole)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let d = max_abs(&(&split - &whole).unwrap());
             assert!(
                 d <= 1e-4 * scale.max(1.0),
                 "{parts} parts: {d} (scale {scale})"
             );
         }
         // the images differ, so a part put in the wrong place would show
-        let first = whole.get(0).unwrap();
-        let last = whole.get(4).unwrap();
-        let apart = (&first - &last).unwrap().abs().unwrap().max_all().unwrap();
-        assert!(apart.to_scalar::<f32>().unwrap() > 1e-3 * scale);
+        let apart = (whole.get(0).unwrap() - whole.get(4).unwrap()).unwrap();
+        assert!(max_abs(&apart) > 1e-3 * scale);
         // one part per pool thread, never more than the images; Wide ResNet is not split
         assert_eq!(c.batch_parts(1), 1);
         assert!(c.batch_parts(8) >= 1 && c.batch_parts(8) <= rayon::current_num_threads());
