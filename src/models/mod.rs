@@ -139,7 +139,6 @@ impl FoldedConv {
         })
     }
 
-    /// `act(conv(x) + b [+ residual])`, through [`crate::ops::conv2d`].
     /// The folded convolution as one step of a fused block ([`ops::inverted_residual`]).
     pub fn block_conv(&self) -> ops::BlockConv<'_> {
         ops::BlockConv {
@@ -149,10 +148,12 @@ impl FoldedConv {
         }
     }
 
+    /// The convolution's stride.
     pub fn stride(&self) -> usize {
         self.params.stride
     }
 
+    /// `act(conv(x) + b [+ residual])`, through [`crate::ops::conv2d`].
     pub fn forward_with(&self, x: &Tensor, residual: Option<&Tensor>) -> CResult<Tensor> {
         ops::conv2d(
             x,
