@@ -30,6 +30,9 @@ pub const MR: usize = 8;
 const NV: usize = 3;
 /// Input channels per reduction block.
 pub const KC: usize = 128;
+/// Most weight floats per output-channel group (512 KiB): a task's group of the weight stays in
+/// L2 while the task's thread runs it over every pixel tile.
+const GROUP_WEIGHT_FLOATS: usize = 1 << 17;
 /// Below this many multiply-adds a call runs on the calling thread.
 const SERIAL_MACS: usize = 1 << 18;
 
@@ -102,11 +105,10 @@ pub fn conv1x1_packed(
     let ptiles = tiles.len();
     let oblocks = o / MR;
     let base = n * ptiles;
-    let groups = if base >= 8 {
-        1
-    } else {
-        8usize.div_ceil(base).min(oblocks)
-    };
+    let groups = if base >= 8 { 1 } else { 8usize.div_ceil(base) };
+    let groups = groups
+        .max((o * k).div_ceil(GROUP_WEIGHT_FLOATS))
+        .min(oblocks);
     let per_group = oblocks.div_ceil(groups);
     let groups = oblocks.div_ceil(per_group);
     // Reduction blocks of equal size, about KC each (one block when K <= 1.5 KC).
@@ -116,8 +118,10 @@ pub fn conv1x1_packed(
     let serial = n * o * k * p < SERIAL_MACS;
     let dst = OutPtr(out.as_mut_ptr());
     let job = |j: usize| {
-        let (img, rest) = (j / (ptiles * groups), j % (ptiles * groups));
-        let (pt, g) = (rest / groups, rest % groups);
+        // The group varies slowest: rayon hands each thread a contiguous range of jobs, so a
+        // thread keeps to its groups' weights (in its L2) across pixel tiles and images.
+        let (g, rest) = (j / base, j % base);
+        let (img, pt) = (rest / ptiles, rest % ptiles);
         let (p0, np) = tiles[pt];
         let ob0 = g * per_group;
         let ob1 = (ob0 + per_group).min(oblocks);
@@ -140,6 +144,12 @@ pub fn conv1x1_packed(
                     None
                 };
                 let ws = &wp[(ob * k + k0) * MR..][..kn * MR];
+                // On the first panel of a reduction block, the next block's input rows.
+                let next_x = if ob == ob0 && k0 + kn < k {
+                    xs[(k0 + kn) * p + p0..].as_ptr()
+                } else {
+                    std::ptr::null()
+                };
                 // SAFETY: rows o0..o0+MR, pixels p0..p0+np of image `img` are in bounds of the
                 // `len`-float buffer and written by this task only (tasks differ in image, pixel
                 // tile or output-channel group); the first reduction block writes all of them,
@@ -149,6 +159,7 @@ pub fn conv1x1_packed(
                     block(
                         &xs[k0 * p..],
                         ws,
+                        next_x,
                         bs,
                         rs,
                         act,
@@ -181,6 +192,7 @@ pub fn conv1x1_packed(
 unsafe fn block(
     x: &[f32],
     w: &[f32],
+    next_x: *const f32,
     bias: Option<&[f32]>,
     res: Option<&[f32]>,
     act: Activation,
@@ -199,6 +211,7 @@ unsafe fn block(
         let a = avx512::Args {
             x: x[p0..].as_ptr(),
             w: w.as_ptr(),
+            next_x,
             bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
             res: res.map_or(std::ptr::null(), |r| r[p0..].as_ptr()),
             out,
@@ -234,6 +247,11 @@ mod avx512 {
         pub x: *const f32,
         /// Packed panel at `k0`: `k` groups of `MR` floats.
         pub w: *const f32,
+        /// The input rows the task reads next (the next reduction block at the same pixels), or
+        /// null: prefetched into L2 while this block computes (the input rows are 1-12 KiB apart,
+        /// too far for the hardware prefetchers). Only prefetched, never dereferenced: a prefetch
+        /// past the end of the input does not fault.
+        pub next_x: *const f32,
         /// `MR` biases or null (only on the first reduction block).
         pub bias: *const f32,
         /// Residual at (o0, p0) (row stride `p`) or null (only on the last reduction block).
@@ -356,6 +374,12 @@ mod avx512 {
                 *v = load::<V>(xr, j, mask);
             }
             let wr = w.add(kk * MR);
+            if !a.next_x.is_null() {
+                let nx = a.next_x.wrapping_add(kk * p);
+                for j in 0..V {
+                    _mm_prefetch::<_MM_HINT_T1>(nx.wrapping_add(16 * j) as *const i8);
+                }
+            }
             for (i, row) in acc.iter_mut().enumerate() {
                 let wb = _mm512_set1_ps(*wr.add(i));
                 for (c, v) in row.iter_mut().zip(&xv) {

@@ -778,12 +778,14 @@ fn packed_pointwise_matches_reference() {
     // Both packed layouts (8-channel panels, 48-channel vectors) of Wide ResNet's 1x1 convolutions,
     // on WRN shapes (channels reduced where that keeps the test quick) and on remainders: pixels
     // not a multiple of 16 or 8 (49, 196, 17, 1), K not a multiple of the 128-channel reduction
-    // block (1, 130, 200, 300), 16/32-channel last panels (O = 16, 32, 80, 112), batches 1-3.
+    // block (1, 130, 200, 300, 1100), 16/32-channel last panels (O = 16, 32, 80, 112), batches
+    // 1-3, a weight split into output-channel groups of unequal size (1100 x 136: 9 + 8 panels).
     use packed1x1::Layout;
     let cases = [
         (1, 64, 56, 56, 128),
         (2, 256, 28, 28, 128),
         (1, 512, 14, 14, 256),
+        (2, 1100, 14, 14, 136),
         (3, 1024, 7, 7, 64),
         (1, 300, 7, 7, 80),
         (2, 130, 5, 9, 112),
