@@ -244,7 +244,59 @@ fn copy_window(src: &[u8], w: usize, cols: Range<usize>, rows: Range<usize>) -> 
 
 /// Horizontal pass: for each source row in `rows` (rows of `src_w` pixels whose first column is
 /// input column `col0`), the output columns of `c`, written as rows of `cw` pixels.
+///
+/// The common kernel sizes run [`horizontal_pass_k`], whose tap loop has a length known at compile
+/// time (unrolled, no bounds checks inside); the sums are the same integers in the same order.
 fn horizontal_pass(
+    src: &[u8],
+    src_w: usize,
+    col0: usize,
+    rows: Range<usize>,
+    c: &Coeffs,
+    out: &mut [u8],
+    cw: usize,
+) {
+    match c.ksize {
+        3 => horizontal_pass_k::<3>(src, src_w, col0, rows, c, out, cw),
+        5 => horizontal_pass_k::<5>(src, src_w, col0, rows, c, out, cw),
+        7 => horizontal_pass_k::<7>(src, src_w, col0, rows, c, out, cw),
+        9 => horizontal_pass_k::<9>(src, src_w, col0, rows, c, out, cw),
+        _ => {
+            for (r, y) in rows.enumerate() {
+                let line = &src[y * src_w * 3..(y + 1) * src_w * 3];
+                let orow = &mut out[r * cw * 3..(r + 1) * cw * 3];
+                for (xx, o) in orow.chunks_exact_mut(3).enumerate() {
+                    horizontal_pixel(line, col0, c, xx, o);
+                }
+            }
+        }
+    }
+}
+
+/// One output pixel of the horizontal pass, with its own tap count (any kernel size; the pixels
+/// whose `K`-tap window would run past the end of the row).
+#[inline]
+fn horizontal_pixel(line: &[u8], col0: usize, c: &Coeffs, xx: usize, o: &mut [u8]) {
+    let half = 1i32 << (PRECISION_BITS - 1);
+    let xmin = c.xmin[xx] - col0;
+    let n = c.len[xx];
+    let k = &c.k[xx * c.ksize..xx * c.ksize + n];
+    let px = &line[xmin * 3..(xmin + n) * 3];
+    let (mut s0, mut s1, mut s2) = (half, half, half);
+    for (p, &kv) in px.chunks_exact(3).zip(k) {
+        s0 += i32::from(p[0]) * kv;
+        s1 += i32::from(p[1]) * kv;
+        s2 += i32::from(p[2]) * kv;
+    }
+    o[0] = clip8(s0);
+    o[1] = clip8(s1);
+    o[2] = clip8(s2);
+}
+
+/// [`horizontal_pass`] for `c.ksize == K`: every pixel sums all `K` taps of its coefficient row
+/// (the taps past `c.len[xx]` have coefficient 0, so the sum is the same), except near the end of
+/// the row, where the window would leave it.
+fn horizontal_pass_k<const K: usize>(
     src: &[u8],
     src_w: usize,
     col0: usize,
@@ -257,20 +309,28 @@ fn horizontal_pass(
     for (r, y) in rows.enumerate() {
         let line = &src[y * src_w * 3..(y + 1) * src_w * 3];
         let orow = &mut out[r * cw * 3..(r + 1) * cw * 3];
-        for xx in 0..cw {
-            let xmin = c.xmin[xx] - col0;
-            let n = c.len[xx];
-            let k = &c.k[xx * c.ksize..xx * c.ksize + n];
-            let px = &line[xmin * 3..(xmin + n) * 3];
-            let (mut s0, mut s1, mut s2) = (half, half, half);
-            for (p, &kv) in px.chunks_exact(3).zip(k) {
-                s0 += i32::from(p[0]) * kv;
-                s1 += i32::from(p[1]) * kv;
-                s2 += i32::from(p[2]) * kv;
+        for (xx, (o, k)) in orow
+            .chunks_exact_mut(3)
+            .zip(c.k.chunks_exact(K))
+            .enumerate()
+        {
+            // One byte more than the K pixels: each tap reads 4 bytes (R, G, B and the next
+            // pixel's R, whose sum is dropped), so the compiler can use 4-lane vectors.
+            let start = (c.xmin[xx] - col0) * 3;
+            let Some(win) = line.get(start..start + 3 * K + 1) else {
+                horizontal_pixel(line, col0, c, xx, o);
+                continue;
+            };
+            let mut s = [half; 4];
+            for (j, &kv) in k.iter().enumerate() {
+                let p = &win[3 * j..3 * j + 4];
+                for (sc, &pc) in s.iter_mut().zip(p) {
+                    *sc += i32::from(pc) * kv;
+                }
             }
-            orow[xx * 3] = clip8(s0);
-            orow[xx * 3 + 1] = clip8(s1);
-            orow[xx * 3 + 2] = clip8(s2);
+            o[0] = clip8(s[0]);
+            o[1] = clip8(s[1]);
+            o[2] = clip8(s[2]);
         }
     }
 }
@@ -329,6 +389,50 @@ mod tests {
                     (s - (1 << PRECISION_BITS)).abs() <= c.len[xx] as i32,
                     "{i}->{o} at {xx}: {s}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn fixed_size_horizontal_pass_equals_the_per_pixel_sums() {
+        // Kernel sizes 3, 5, 7, 9 (the fixed-size paths) and 11, 13 (the generic one), windows that
+        // start at column 0 and that end at the last column (where the fixed-size window would
+        // leave the row and the per-pixel path takes over), with a column offset.
+        let mut seed = 12345u32;
+        for (w, ow) in [
+            (20usize, 39usize),
+            (40, 39),
+            (41, 17),
+            (97, 29),
+            (160, 35),
+            (230, 41),
+        ] {
+            let h = 3;
+            let src: Vec<u8> = (0..w * h * 3)
+                .map(|_| {
+                    seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                    (seed >> 16) as u8
+                })
+                .collect();
+            for cols in [0..ow, ow / 3..ow, 0..ow / 2] {
+                let c = Coeffs::new(w, ow, cols.clone());
+                let span = c.input_span();
+                let cw = cols.len();
+                // The pass reads a window of the rows starting at input column `span.start`.
+                let sub: Vec<u8> = (0..h)
+                    .flat_map(|y| src[(y * w + span.start) * 3..(y * w + span.end) * 3].to_vec())
+                    .collect();
+                let mut got = vec![0u8; h * cw * 3];
+                horizontal_pass(&sub, span.len(), span.start, 0..h, &c, &mut got, cw);
+                let mut want = vec![0u8; h * cw * 3];
+                for y in 0..h {
+                    let line = &sub[y * span.len() * 3..(y + 1) * span.len() * 3];
+                    for xx in 0..cw {
+                        let o = &mut want[(y * cw + xx) * 3..][..3];
+                        horizontal_pixel(line, span.start, &c, xx, o);
+                    }
+                }
+                assert_eq!(got, want, "{w}->{ow} cols {cols:?} ksize {}", c.ksize);
             }
         }
     }
