@@ -116,19 +116,24 @@ pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> R
     let mut out = vec![0f32; n * c * oh * ow];
     out.par_chunks_mut(oh * ow).enumerate().for_each(|(i, o)| {
         let plane = &xs[i * h * w..][..h * w];
-        for oy in 0..oh {
+        // Per output row: the column-wise max of its input rows (a vectorised pass over whole
+        // rows), then the max over each window of that row.
+        let mut colmax = vec![f32::NEG_INFINITY; w];
+        for (oy, orow) in o.chunks_exact_mut(ow).enumerate() {
             let y0 = (oy * stride).saturating_sub(padding);
             let y1 = (oy * stride + kernel - padding).min(h);
-            for ox in 0..ow {
+            colmax.fill(f32::NEG_INFINITY);
+            for row in plane[y0 * w..y1 * w].chunks_exact(w) {
+                for (m, v) in colmax.iter_mut().zip(row) {
+                    *m = m.max(*v);
+                }
+            }
+            for (ox, d) in orow.iter_mut().enumerate() {
                 let x0 = (ox * stride).saturating_sub(padding);
                 let x1 = (ox * stride + kernel - padding).min(w);
-                let mut m = f32::NEG_INFINITY;
-                for row in plane[y0 * w..y1 * w].chunks_exact(w) {
-                    for v in &row[x0..x1] {
-                        m = m.max(*v);
-                    }
-                }
-                o[oy * ow + ox] = m;
+                *d = colmax[x0..x1]
+                    .iter()
+                    .fold(f32::NEG_INFINITY, |m, v| m.max(*v));
             }
         }
     });
