@@ -1121,3 +1121,27 @@ fn fused_inverted_residual_checks_shapes() {
     let y = inverted_residual(&empty, ex, dw, 2, pr, None).unwrap();
     assert!(y.is_none_or(|y| y.dims() == [0, 24, 28, 28]));
 }
+
+#[test]
+fn scratch_pool_gives_nested_calls_their_own_buffer() {
+    // A call made while another holds a scratch buffer (a forward pass stolen by a waiting rayon
+    // thread, or the fallback model's pass beside the primary's) must get a different buffer of the
+    // length it asked for, and leave the outer buffer's contents alone.
+    winograd::with_scratch(1000, |outer| {
+        assert_eq!(outer.len(), 1000);
+        outer.fill(1.5);
+        let outer_ptr = outer.as_ptr();
+        winograd::with_scratch(3000, |inner| {
+            assert_eq!(inner.len(), 3000);
+            assert_ne!(inner.as_ptr(), outer_ptr);
+            inner.fill(-2.0);
+        });
+        assert!(outer.iter().all(|&v| v == 1.5));
+    });
+    // A buffer returned to the pool is handed out again (contents unspecified, length as asked).
+    let sum: f32 = winograd::with_scratch(2000, |s| {
+        s.fill(0.25);
+        s.iter().sum()
+    });
+    assert_eq!(sum, 500.0);
+}

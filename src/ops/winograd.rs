@@ -268,28 +268,34 @@ const TILE_TARGET: usize = 256;
 /// Upper bound of the transformed input + output of one batch chunk, in floats (32 MiB).
 const CHUNK_BUDGET: usize = 8 << 20;
 
-thread_local! {
-    /// Transformed input and GEMM output, kept between calls on each thread (a fresh buffer of a few
-    /// MiB per call costs page faults and zeroing: a quarter of the run time at 56x56).
-    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
+/// Scratch buffers (transformed input and GEMM output; im2col columns) kept between calls: a fresh
+/// buffer of a few MiB per call costs page faults and zeroing (a quarter of the run time at 56x56).
+/// One pool for the process, not one buffer per thread: a forward pass runs on whichever pool
+/// thread picks it up, and per-thread buffers left one large buffer on every thread (~18 MiB each
+/// for Wide ResNet). The pool holds as many buffers as calls ever ran at once (usually one).
+static SCRATCH: std::sync::Mutex<Vec<Vec<f32>>> = std::sync::Mutex::new(Vec::new());
 
-/// Run `f` on a scratch slice of `len` floats (contents unspecified) reused across calls on this
-/// thread (also used by [`super::dense`] for im2col). Keeps the largest buffer requested so far.
+/// Run `f` on a scratch slice of `len` floats (contents unspecified) taken from [`SCRATCH`] (also
+/// used by [`super::dense`] for im2col). The largest pooled buffer is taken, and grown (replaced)
+/// when it is too short; it goes back to the pool afterwards.
 pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     // A nested call (another forward pass stolen by this rayon thread while it waits) finds the
-    // cell empty and uses its own buffer.
-    let mut buf = SCRATCH.with(|s| s.take());
-    if buf.len() < len {
-        buf = vec![0f32; len];
-    }
-    let r = f(&mut buf[..len]);
-    SCRATCH.with(|s| {
-        let mut cur = s.borrow_mut();
-        if cur.len() < buf.len() {
-            *cur = buf;
+    // first buffer taken and uses another one.
+    let taken = {
+        let mut pool = SCRATCH.lock().unwrap_or_else(|e| e.into_inner());
+        let largest = (0..pool.len()).max_by_key(|&i| pool[i].len());
+        largest.map(|i| pool.swap_remove(i))
+    };
+    let mut buf = match taken {
+        Some(b) if b.len() >= len => b,
+        short => {
+            // Free the short buffer first, so that the peak holds one buffer, not both.
+            drop(short);
+            vec![0f32; len]
         }
-    });
+    };
+    let r = f(&mut buf[..len]);
+    SCRATCH.lock().unwrap_or_else(|e| e.into_inner()).push(buf);
     r
 }
 
