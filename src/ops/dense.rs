@@ -40,7 +40,7 @@ pub(crate) fn dense(
     let in_direct = direct && nb == 1;
     let mut out = vec![0f32; g.n * o * p];
     // im2col writes every element of `cols` and the GEMM every element of `tmp`: both live in a
-    // per-thread scratch buffer reused across calls (no zeroing, no page faults per call).
+    // pooled scratch buffer reused across calls (no zeroing, no page faults per call).
     let cols_len = if in_direct { 0 } else { kdim * nb * p };
     let tmp_len = if nb > 1 { o * nb * p } else { 0 };
     with_scratch(cols_len + tmp_len, |scratch| {
