@@ -45,8 +45,8 @@ impl Profile {
 
     /// `--max-batch-size` when not given. Full: 4. Each image of a Wide ResNet batch adds ~13 MiB
     /// to the peak resident set (its activations), and batches above 4 ran no faster per image
-    /// (within the noise), so 4 keeps the full server's peak below 450 MB however many clients
-    /// there are. Lite: 8 (MobileNetV3's batches are small and gain from 8).
+    /// (within the noise), so 4 bounds the full server's peak (measured with 8 clients: 427 MiB,
+    /// 464 MiB at batch 8). Lite: 8 (MobileNetV3's batches are small and gain from 8).
     pub fn default_max_batch_size(self) -> usize {
         match self {
             Profile::Full => 4,
