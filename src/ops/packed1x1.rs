@@ -144,9 +144,24 @@ pub fn conv1x1_packed(
                     None
                 };
                 let ws = &wp[(ob * k + k0) * MR..][..kn * MR];
-                // On the first panel of a reduction block, the next block's input rows.
-                let next_x = if ob == ob0 && k0 + kn < k {
+                // On the first panel of a reduction block, the input rows the task reads next:
+                // the next reduction block's, or after the last one the next pixel tile's first
+                // block (the job rayon most likely hands this thread next).
+                let next_x = if ob != ob0 {
+                    std::ptr::null()
+                } else if k0 + kn < k {
                     xs[(k0 + kn) * p + p0..].as_ptr()
+                } else if pt + 1 < ptiles {
+                    xs[tiles[pt + 1].0..].as_ptr()
+                } else {
+                    std::ptr::null()
+                };
+                // The weights of the block this task runs next: the next panel of the group at
+                // this reduction block, else the group's first panel at the next one.
+                let next_w = if ob + 1 < ob1 {
+                    wp[((ob + 1) * k + k0) * MR..].as_ptr()
+                } else if k0 + kn < k {
+                    wp[(ob0 * k + k0 + kn) * MR..].as_ptr()
                 } else {
                     std::ptr::null()
                 };
@@ -160,6 +175,7 @@ pub fn conv1x1_packed(
                         &xs[k0 * p..],
                         ws,
                         next_x,
+                        next_w,
                         bs,
                         rs,
                         act,
@@ -193,6 +209,7 @@ unsafe fn block(
     x: &[f32],
     w: &[f32],
     next_x: *const f32,
+    next_w: *const f32,
     bias: Option<&[f32]>,
     res: Option<&[f32]>,
     act: Activation,
@@ -212,6 +229,7 @@ unsafe fn block(
             x: x[p0..].as_ptr(),
             w: w.as_ptr(),
             next_x,
+            next_w,
             bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
             res: res.map_or(std::ptr::null(), |r| r[p0..].as_ptr()),
             out,
@@ -252,6 +270,11 @@ mod avx512 {
         /// too far for the hardware prefetchers). Only prefetched, never dereferenced: a prefetch
         /// past the end of the input does not fault.
         pub next_x: *const f32,
+        /// The weights of the block the task runs next (`k * MR` floats from here), or null:
+        /// prefetched into L1 while this block computes, a line every other reduction step. A
+        /// task starts a new panel slice every block, `K * MR` floats from the last one, which
+        /// the hardware prefetchers only pick up after a few misses. Only prefetched.
+        pub next_w: *const f32,
         /// `MR` biases or null (only on the first reduction block).
         pub bias: *const f32,
         /// Residual at (o0, p0) (row stride `p`) or null (only on the last reduction block).
@@ -285,6 +308,10 @@ mod avx512 {
         pub x: *const f32,
         /// Panel: `k` rows of `16 * VO` floats.
         pub w: *const f32,
+        /// `pf_lines` cache lines of weights to prefetch over the reduction (the next panel's
+        /// share of this tile). Only prefetched.
+        pub pf: *const f32,
+        pub pf_lines: usize,
         /// `16 * VO` biases or null.
         pub bias: *const f32,
         /// Residual at (o0, p0) (row stride `p`) or null.
@@ -309,6 +336,10 @@ mod avx512 {
             let mut wv = [_mm512_setzero_ps(); VO];
             for (v, r) in wv.iter_mut().enumerate() {
                 *r = _mm512_loadu_ps(wr.add(16 * v));
+            }
+            let (l0, l1) = (kk * a.pf_lines / a.k, (kk + 1) * a.pf_lines / a.k);
+            for l in l0..l1 {
+                _mm_prefetch::<_MM_HINT_T1>(a.pf.wrapping_add(16 * l) as *const i8);
             }
             let xr = x.add(kk * p);
             for (j, row) in acc.iter_mut().enumerate() {
@@ -374,6 +405,9 @@ mod avx512 {
                 *v = load::<V>(xr, j, mask);
             }
             let wr = w.add(kk * MR);
+            if !a.next_w.is_null() && kk % 2 == 0 {
+                _mm_prefetch::<_MM_HINT_T0>(a.next_w.wrapping_add(kk * MR) as *const i8);
+            }
             if !a.next_x.is_null() {
                 let nx = a.next_x.wrapping_add(kk * p);
                 for j in 0..V {
@@ -529,7 +563,14 @@ pub fn conv1x1_cv(
             let width = CW.min(o - o0);
             let ws = &wp[o0 * k..][..width * k];
             let bs = bias.map(|bv| &bv[o0..o0 + width]);
-            for &(img, p0, np) in &flat[t0..t1] {
+            // The next panel of the group: each tile prefetches its share of it.
+            let next = (b + 1 < b1).then(|| {
+                let o1 = o0 + CW;
+                &wp[o1 * k..][..CW.min(o - o1) * k]
+            });
+            let nt = t1 - t0;
+            for (ti, &(img, p0, np)) in flat[t0..t1].iter().enumerate() {
+                let pf = next.map_or(&[][..], |n| &n[ti * n.len() / nt..(ti + 1) * n.len() / nt]);
                 let xs = &x[img * k * p..][..k * p];
                 let rs = res.map(|r| &r[(img * o + o0) * p..][..width * p]);
                 // SAFETY: rows o0..o0+width, pixels p0..p0+np of image `img` are in bounds of the
@@ -537,7 +578,7 @@ pub fn conv1x1_cv(
                 // (image, tile) chunks). Together the tasks write all of the buffer.
                 unsafe {
                     let optr = dst.ptr().add((img * o + o0) * p + p0);
-                    cv_block(xs, ws, bs, rs, act, k, p, p0, np, width, optr);
+                    cv_block(xs, ws, pf, bs, rs, act, k, p, p0, np, width, optr);
                 }
             }
         }
@@ -557,6 +598,7 @@ pub fn conv1x1_cv(
 unsafe fn cv_block(
     x: &[f32],
     w: &[f32],
+    pf: &[f32],
     bias: Option<&[f32]>,
     res: Option<&[f32]>,
     act: Activation,
@@ -574,6 +616,8 @@ unsafe fn cv_block(
         let a = avx512::CvArgs {
             x: x[p0..].as_ptr(),
             w: w.as_ptr(),
+            pf: pf.as_ptr(),
+            pf_lines: pf.len() / 16,
             bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
             res: res.map_or(std::ptr::null(), |r| r[p0..].as_ptr()),
             out,
@@ -596,7 +640,7 @@ unsafe fn cv_block(
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (x, w, bias, res, act, k, p, p0, np, width, out);
+        let _ = (x, w, pf, bias, res, act, k, p, p0, np, width, out);
         unreachable!("conv1x1_cv is only dispatched on AVX-512 CPUs");
     }
 }
