@@ -144,6 +144,14 @@ pub fn conv1x1_packed(
                     None
                 };
                 let ws = &wp[(ob * k + k0) * MR..][..kn * MR];
+                // The next panel's residual rows (read after the last block) and output rows
+                // (first written after the first block) at this tile.
+                let has_next = ob + 1 < ob1;
+                let next_res = match res {
+                    Some(r) if last && has_next => r[(img * o + o0 + MR) * p + p0..].as_ptr(),
+                    _ => std::ptr::null(),
+                };
+                let next_out = (first && has_next).then(|| (img * o + o0 + MR) * p + p0);
                 // On the first panel of a reduction block, the input rows the task reads next:
                 // the next reduction block's, or after the last one the next pixel tile's first
                 // block (the job rayon most likely hands this thread next).
@@ -171,11 +179,14 @@ pub fn conv1x1_packed(
                 // later blocks read them back. Together the tasks write all of the buffer.
                 unsafe {
                     let optr = dst.ptr().add((img * o + o0) * p + p0);
+                    let next_out = next_out.map_or(std::ptr::null_mut(), |i| dst.ptr().add(i));
                     block(
                         &xs[k0 * p..],
                         ws,
                         next_x,
                         next_w,
+                        next_res,
+                        next_out,
                         bs,
                         rs,
                         act,
@@ -210,6 +221,8 @@ unsafe fn block(
     w: &[f32],
     next_x: *const f32,
     next_w: *const f32,
+    next_res: *const f32,
+    next_out: *mut f32,
     bias: Option<&[f32]>,
     res: Option<&[f32]>,
     act: Activation,
@@ -230,6 +243,8 @@ unsafe fn block(
             w: w.as_ptr(),
             next_x,
             next_w,
+            next_res,
+            next_out,
             bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
             res: res.map_or(std::ptr::null(), |r| r[p0..].as_ptr()),
             out,
@@ -275,6 +290,10 @@ mod avx512 {
         /// task starts a new panel slice every block, `K * MR` floats from the last one, which
         /// the hardware prefetchers only pick up after a few misses. Only prefetched.
         pub next_w: *const f32,
+        /// Residual and output rows (`MR` rows of stride `p`) of the task's next block, or null:
+        /// prefetched (the output for writing) while this block computes. Only prefetched.
+        pub next_res: *const f32,
+        pub next_out: *mut f32,
         /// `MR` biases or null (only on the first reduction block).
         pub bias: *const f32,
         /// Residual at (o0, p0) (row stride `p`) or null (only on the last reduction block).
@@ -407,6 +426,21 @@ mod avx512 {
             let wr = w.add(kk * MR);
             if !a.next_w.is_null() && kk % 2 == 0 {
                 _mm_prefetch::<_MM_HINT_T0>(a.next_w.wrapping_add(kk * MR) as *const i8);
+            }
+            if kk % 8 == 4 && kk / 8 < MR {
+                let i = kk / 8;
+                if !a.next_res.is_null() {
+                    let r = a.next_res.wrapping_add(i * p);
+                    for j in 0..V {
+                        _mm_prefetch::<_MM_HINT_T0>(r.wrapping_add(16 * j) as *const i8);
+                    }
+                }
+                if !a.next_out.is_null() {
+                    let r = a.next_out.wrapping_add(i * p);
+                    for j in 0..V {
+                        _mm_prefetch::<_MM_HINT_ET0>(r.wrapping_add(16 * j) as *const i8);
+                    }
+                }
             }
             if !a.next_x.is_null() {
                 let nx = a.next_x.wrapping_add(kk * p);
