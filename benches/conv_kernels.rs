@@ -12,6 +12,10 @@
 //! `ops::inverted_residual` fuses), the fused block with its layers one by one, each with hot
 //! caches and after 64 MB of other memory was touched (as inside a forward pass, where a block's
 //! output buffer is not in any cache).
+//! The `resize_hpass` group compares, on the horizontal resampling pass of a 640x480 photo going
+//! to 232 pixels (Pillow's bilinear, 7 taps, the 224 center-crop columns of 466 rows), the AVX-512
+//! pass (`ops::resize`) with the same sums in scalar code (single-threaded, like the server's
+//! decoders).
 //! Set `RAYON_NUM_THREADS` to pin the thread count (the README figures use the machine's 2 cores).
 
 use candle_core::{Device, Tensor};
@@ -457,6 +461,38 @@ fn fused_block(c: &mut Criterion) {
     group.finish();
 }
 
+fn resize_hpass(c: &mut Criterion) {
+    use ops::resize;
+    // 640 -> 309 columns (scale 2.07, 7 taps), center crop 224 from column 42, 466 input rows.
+    let (in_w, out_w, rows, ksize) = (640usize, 309usize, 466usize, 7usize);
+    let scale = in_w as f64 / out_w as f64;
+    let cols = 42..266;
+    let starts: Vec<usize> = cols
+        .clone()
+        .map(|x| ((x as f64 + 0.5) * scale - scale + 0.5).max(0.0) as usize * 3)
+        .collect();
+    let k: Vec<i32> = (0..cols.len() * ksize)
+        .map(|i| (1 << 22) / 5 + (i % 3) as i32)
+        .collect();
+    let e = resize::expand(&k, ksize);
+    let src: Vec<u8> = (0..rows * in_w * 3).map(|i| (i * 31 % 251) as u8).collect();
+    let mut out = vec![0u8; rows * cols.len() * 3];
+    let mut group = c.benchmark_group("resize_hpass");
+    group.bench_function("scalar", |b| {
+        b.iter(|| {
+            resize::horizontal_rows_scalar(&src, in_w * 3, rows, &starts, &e, 1 << 21, 22, &mut out)
+        })
+    });
+    if resize::available(ksize) {
+        group.bench_function("avx512", |b| {
+            b.iter(|| {
+                resize::horizontal_rows(&src, in_w * 3, rows, &starts, &e, 1 << 21, 22, &mut out)
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     batch1,
@@ -465,6 +501,7 @@ criterion_group!(
     wrn1x1,
     se_project,
     depthwise_small,
-    fused_block
+    fused_block,
+    resize_hpass
 );
 criterion_main!(benches);

@@ -48,6 +48,7 @@ pub mod mmap;
 pub mod packed1x1;
 pub mod pointwise;
 pub mod pool;
+pub mod resize;
 mod stem;
 pub mod winograd;
 

@@ -1145,3 +1145,66 @@ fn scratch_pool_gives_nested_calls_their_own_buffer() {
     });
     assert_eq!(sum, 500.0);
 }
+
+#[test]
+fn resize_horizontal_pass_matches_the_tap_sums() {
+    // Pillow's fixed-point horizontal pass: every kernel size the AVX-512 pass takes (1-10 taps),
+    // windows spread over the row as a downscale spreads them, the last ones running into the end
+    // of the row (read from the zero-padded copy), several rows. Ground truth: the plain sum over
+    // each pixel's unexpanded taps; the scalar reference and (on AVX-512 CPUs) the kernel must
+    // give exactly those bytes.
+    let mut seed = 7u32;
+    let mut next = move || {
+        seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        seed >> 8
+    };
+    let (bits, half) = (22u32, 1i32 << 21);
+    let mut simd_checked = 0;
+    for ksize in 1..=resize::MAX_TAPS {
+        for (in_px, n, rows) in [(40usize, 17usize, 3usize), (640, 224, 2), (12, 5, 1)] {
+            let line_len = in_px * 3;
+            let src: Vec<u8> = (0..rows * line_len).map(|_| next() as u8).collect();
+            // Window starts from 0 to the last pixel whose taps fit in the row.
+            let last = in_px.saturating_sub(ksize);
+            let starts: Vec<usize> = (0..n).map(|x| x * last / (n - 1).max(1) * 3).collect();
+            // Non-negative weights summing to about 2^22; taps past a random count are zero.
+            let mut k = vec![0i32; n * ksize];
+            for row in k.chunks_exact_mut(ksize) {
+                let len = 1 + next() as usize % ksize;
+                for v in &mut row[..len] {
+                    *v = (next() % (1 << 22) as u32) as i32 / len as i32;
+                }
+            }
+            let mut want = vec![0u8; rows * n * 3];
+            for r in 0..rows {
+                let line = &src[r * line_len..][..line_len];
+                for (x, &s) in starts.iter().enumerate() {
+                    for ch in 0..3 {
+                        let mut sum = half;
+                        for t in 0..ksize {
+                            let kv = k[x * ksize + t];
+                            if kv != 0 {
+                                sum += kv * i32::from(line[s + 3 * t + ch]);
+                            }
+                        }
+                        want[(r * n + x) * 3 + ch] = (sum >> bits).clamp(0, 255) as u8;
+                    }
+                }
+            }
+            let e = resize::expand(&k, ksize);
+            let mut got = vec![0u8; rows * n * 3];
+            resize::horizontal_rows_scalar(&src, line_len, rows, &starts, &e, half, bits, &mut got);
+            assert_eq!(got, want, "scalar, {ksize} taps, {in_px} -> {n}");
+            if resize::available(ksize) {
+                let mut got = vec![0u8; rows * n * 3];
+                resize::horizontal_rows(&src, line_len, rows, &starts, &e, half, bits, &mut got);
+                assert_eq!(got, want, "avx512, {ksize} taps, {in_px} -> {n}");
+                simd_checked += 1;
+            }
+        }
+    }
+    if cpu::level() == cpu::Level::Avx512 {
+        assert_eq!(simd_checked, 3 * resize::MAX_TAPS);
+    }
+    assert!(!resize::available(resize::MAX_TAPS + 1) && !resize::available(0));
+}
