@@ -37,7 +37,8 @@
 //! so its intermediate maps stay in cache; `IMGCLASS_FUSE=0` (read once) turns it off.
 //!
 //! [`pool`] has the other ops of the two networks (global average pooling, SqueezeExcitation's
-//! scaling, max pooling) on the same rayon pool.
+//! scaling, max pooling) on the same rayon pool. [`resize`] is the preprocessing's one kernel: the
+//! horizontal pass of Pillow's 8-bit resampling with AVX-512 (same integer sums).
 
 pub mod alloc;
 mod cpu;
