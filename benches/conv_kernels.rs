@@ -476,18 +476,20 @@ fn resize_hpass(c: &mut Criterion) {
         .collect();
     let e = resize::expand(&k, ksize);
     let src: Vec<u8> = (0..rows * in_w * 3).map(|i| (i * 31 % 251) as u8).collect();
+    let pass = resize::Pass {
+        starts: &starts,
+        e: &e,
+        half: 1 << 21,
+        bits: 22,
+    };
     let mut out = vec![0u8; rows * cols.len() * 3];
     let mut group = c.benchmark_group("resize_hpass");
     group.bench_function("scalar", |b| {
-        b.iter(|| {
-            resize::horizontal_rows_scalar(&src, in_w * 3, rows, &starts, &e, 1 << 21, 22, &mut out)
-        })
+        b.iter(|| resize::horizontal_rows_scalar(&src, in_w * 3, rows, &pass, &mut out))
     });
     if resize::available(ksize) {
         group.bench_function("avx512", |b| {
-            b.iter(|| {
-                resize::horizontal_rows(&src, in_w * 3, rows, &starts, &e, 1 << 21, 22, &mut out)
-            })
+            b.iter(|| resize::horizontal_rows(&src, in_w * 3, rows, &pass, &mut out))
         });
     }
     group.finish();

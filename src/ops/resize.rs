@@ -46,23 +46,27 @@ pub fn expand(k: &[i32], ksize: usize) -> Vec<i32> {
     out
 }
 
+/// The output pixels of one horizontal pass: where each pixel's window starts and its weights.
+#[derive(Clone, Copy, Debug)]
+pub struct Pass<'a> {
+    /// Byte offset of each output pixel's window in its input row (non-decreasing).
+    pub starts: &'a [usize],
+    /// The [`expand`]ed coefficients, [`EXPANDED`] per output pixel.
+    pub e: &'a [i32],
+    /// Rounding term added to every sum (`1 << (bits - 1)`).
+    pub half: i32,
+    /// Fixed-point fraction bits: each sum is shifted right by this much, then clipped to 0..=255.
+    pub bits: u32,
+}
+
 /// For each of `rows` rows of `line_len` bytes in `src` (row `r` at `r * line_len`), output pixel
-/// `x` of row `r` (3 bytes at `out[(r * n + x) * 3..]`, `n = starts.len()`) is the rounded,
-/// clipped sum over its window, which starts at byte `starts[x]` of the row:
-/// `clip8((half + sum_i e[x][i] * window[i]) >> bits)` per channel, `e` the [`expand`]ed
-/// coefficients. Windows that would read past the end of their row are read from a zero-padded
-/// copy. Panics unless [`available`] and the slices fit.
-#[allow(clippy::too_many_arguments)]
-pub fn horizontal_rows(
-    src: &[u8],
-    line_len: usize,
-    rows: usize,
-    starts: &[usize],
-    e: &[i32],
-    half: i32,
-    bits: u32,
-    out: &mut [u8],
-) {
+/// `x` of row `r` (3 bytes at `out[(r * n + x) * 3..]`, `n = pass.starts.len()`) is the rounded,
+/// clipped sum over its window, which starts at byte `pass.starts[x]` of the row:
+/// `clip8((half + sum_i e[x][i] * window[i]) >> bits)` per channel. Windows that would read past
+/// the end of their row are read from a zero-padded copy. Panics unless [`available`] and the
+/// slices fit.
+pub fn horizontal_rows(src: &[u8], line_len: usize, rows: usize, pass: &Pass, out: &mut [u8]) {
+    let (starts, e, half, bits) = (pass.starts, pass.e, pass.half, pass.bits);
     let n = starts.len();
     assert!(level() == Level::Avx512);
     assert!(e.len() >= n * EXPANDED && out.len() >= rows * n * 3 && src.len() >= rows * line_len);
@@ -114,23 +118,20 @@ pub fn horizontal_rows(
 /// [`horizontal_rows`] in plain scalar code, tap by tap (the reference of the tests and the
 /// benchmark's baseline; the resampler's own scalar path for other CPUs is the same loop with the
 /// tap count fixed at compile time). Any CPU.
-#[allow(clippy::too_many_arguments)]
 pub fn horizontal_rows_scalar(
     src: &[u8],
     line_len: usize,
     rows: usize,
-    starts: &[usize],
-    e: &[i32],
-    half: i32,
-    bits: u32,
+    pass: &Pass,
     out: &mut [u8],
 ) {
-    let n = starts.len();
+    let n = pass.starts.len();
+    let (e, half, bits) = (pass.e, pass.half, pass.bits);
     // Tap t's coefficient is the lane of its first byte (3t), shifted by one from byte 15 on.
     let lane = |t: usize| if 3 * t < 15 { 3 * t } else { 3 * t + 1 };
     for r in 0..rows {
         let line = &src[r * line_len..][..line_len];
-        for (x, &s) in starts.iter().enumerate() {
+        for (x, &s) in pass.starts.iter().enumerate() {
             let ce = &e[x * EXPANDED..][..EXPANDED];
             let mut sum = [half; 3];
             for t in 0..MAX_TAPS {

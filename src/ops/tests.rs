@@ -1192,12 +1192,18 @@ fn resize_horizontal_pass_matches_the_tap_sums() {
                 }
             }
             let e = resize::expand(&k, ksize);
+            let pass = resize::Pass {
+                starts: &starts,
+                e: &e,
+                half,
+                bits,
+            };
             let mut got = vec![0u8; rows * n * 3];
-            resize::horizontal_rows_scalar(&src, line_len, rows, &starts, &e, half, bits, &mut got);
+            resize::horizontal_rows_scalar(&src, line_len, rows, &pass, &mut got);
             assert_eq!(got, want, "scalar, {ksize} taps, {in_px} -> {n}");
             if resize::available(ksize) {
                 let mut got = vec![0u8; rows * n * 3];
-                resize::horizontal_rows(&src, line_len, rows, &starts, &e, half, bits, &mut got);
+                resize::horizontal_rows(&src, line_len, rows, &pass, &mut got);
                 assert_eq!(got, want, "avx512, {ksize} taps, {in_px} -> {n}");
                 simd_checked += 1;
             }

@@ -263,14 +263,17 @@ fn horizontal_pass(
         let starts: Vec<usize> = c.xmin.iter().map(|&m| (m - col0) * 3).collect();
         let e = resize::expand(&c.k, c.ksize);
         let half = 1i32 << (PRECISION_BITS - 1);
+        let pass = resize::Pass {
+            starts: &starts,
+            e: &e,
+            half,
+            bits: PRECISION_BITS,
+        };
         resize::horizontal_rows(
             &src[rows.start * line_len..rows.end * line_len],
             line_len,
             rows.len(),
-            &starts,
-            &e,
-            half,
-            PRECISION_BITS,
+            &pass,
             out,
         );
         return;
