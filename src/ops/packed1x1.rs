@@ -166,7 +166,7 @@ pub fn conv1x1_packed(
                 };
                 // The weights of the block this task runs next: the next panel of the group at
                 // this reduction block, else the group's first panel at the next one.
-                let next_w = if ob + 1 < ob1 {
+                let next_w = if has_next {
                     wp[((ob + 1) * k + k0) * MR..].as_ptr()
                 } else if k0 + kn < k {
                     wp[(ob0 * k + k0 + kn) * MR..].as_ptr()
