@@ -16,6 +16,11 @@
 //! to 232 pixels (Pillow's bilinear, 7 taps, the 224 center-crop columns of 466 rows), the AVX-512
 //! pass (`ops::resize`) with the same sums in scalar code (single-threaded, like the server's
 //! decoders).
+//! The `wino_gemm` group compares, on the 16 GEMMs of one Winograd F(2,3) call of Wide ResNet's
+//! 3x3 stride-1 layers at batch 1 (`U[e] (O x C) x V[e] (C x tiles)`, the input rows 16 elements
+//! apart as the input transform writes them), the packed-weight kernel
+//! (`packed1x1::gemm_serial`, weight packed at load) with the `gemm` crate on the plain weight
+//! (which packs both operands on every call), single-threaded, as each Winograd GEMM runs.
 //! Set `RAYON_NUM_THREADS` to pin the thread count (the README figures use the machine's 2 cores).
 
 use candle_core::{Device, Tensor};
@@ -495,6 +500,45 @@ fn resize_hpass(c: &mut Criterion) {
     group.finish();
 }
 
+fn wino_gemm(c: &mut Criterion) {
+    use ops::{dense, packed1x1};
+    let mut group = c.benchmark_group("wino_gemm");
+    group.measurement_time(Duration::from_secs(3));
+    // (channels, tiles of one image): 56², 28², 14² maps in 2x2 tiles.
+    for (ch, t) in [(128usize, 784usize), (256, 196), (512, 49)] {
+        if !packed1x1::available(ch) {
+            continue;
+        }
+        let (e, vs) = (16, t + 16);
+        let u: Vec<f32> = (0..e * ch * ch).map(|i| (i % 97) as f32 / 97.0).collect();
+        let up: Vec<f32> = u
+            .chunks(ch * ch)
+            .flat_map(|ue| packed1x1::pack(ue, ch, ch))
+            .collect();
+        let v: Vec<f32> = (0..e * ch * vs).map(|i| (i % 89) as f32 / 89.0).collect();
+        let mut m = vec![0f32; e * ch * t];
+        let name = format!("{ch}@{t}tiles");
+        group.bench_function(BenchmarkId::new("packed", &name), |bch| {
+            bch.iter(|| {
+                for (i, dst) in m.chunks_mut(ch * t).enumerate() {
+                    let w = &up[i * ch * ch..][..ch * ch];
+                    packed1x1::gemm_serial(w, &v[i * vs..], e * vs, dst, t, ch, ch, t);
+                }
+            })
+        });
+        group.bench_function(BenchmarkId::new("gemm_crate", &name), |bch| {
+            bch.iter(|| {
+                for (i, dst) in m.chunks_mut(ch * t).enumerate() {
+                    let w = &u[i * ch * ch..][..ch * ch];
+                    let x = &v[i * vs..];
+                    dense::gemm_strided(ch, t, ch, w, x, e * vs, dst, gemm::Parallelism::None);
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     batch1,
@@ -504,6 +548,7 @@ criterion_group!(
     se_project,
     depthwise_small,
     fused_block,
-    resize_hpass
+    resize_hpass,
+    wino_gemm
 );
 criterion_main!(benches);

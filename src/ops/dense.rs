@@ -216,7 +216,7 @@ fn gemm_call(
 /// `dst[m, n] = lhs[m, k] x rhs[k, n]` with `lhs` and `dst` row-major contiguous and `rhs` rows
 /// `rhs_rs` floats apart (`par`: the calling thread only, or rayon's pool).
 #[allow(clippy::too_many_arguments)] // the GEMM shape, operands and strides, as gemm::gemm takes them
-pub(crate) fn gemm_strided(
+pub fn gemm_strided(
     m: usize,
     n: usize,
     k: usize,

@@ -209,6 +209,129 @@ pub fn conv1x1_packed(
     out
 }
 
+/// Single-threaded GEMM `dst[o][j] = sum_k W[o][k] * x[k * xs + j]` for `j < t`, with `wp` the
+/// [`pack`]ed `W` (`[o, k]`) and the rows of `dst` `ds` floats apart: the GEMMs of the Winograd
+/// convolution ([`super::winograd`]), whose transformed weights are packed once at load, so no
+/// call packs either operand. Pixel tiles outermost, then reduction blocks of about [`KC`], then
+/// the weight panels: a block of the input tile stays in L1 while the panels stream past it from
+/// L2 (at most 512 x 128 floats per reduction block for Wide ResNet), each prefetching the next.
+/// Panics unless [`available`]`(o)` and the slices are long enough.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_serial(
+    wp: &[f32],
+    x: &[f32],
+    xs: usize,
+    dst: &mut [f32],
+    ds: usize,
+    o: usize,
+    k: usize,
+    t: usize,
+) {
+    assert!(available(o) && k > 0 && t > 0 && xs >= t && ds >= t);
+    assert!(wp.len() >= o * k && x.len() >= (k - 1) * xs + t && dst.len() >= (o - 1) * ds + t);
+    let oblocks = o / MR;
+    let tiles = pixel_tiles(t);
+    // A weight larger than [`GROUP_WEIGHT_FLOATS`] would come from L3 once per pixel tile: then
+    // the panels go outermost (one panel, `K x MR` floats, in L1 over every pixel tile, the input
+    // streamed from L2) and the reduction is one block.
+    let panel_outer = o * k > GROUP_WEIGHT_FLOATS;
+    let kc = if panel_outer {
+        k
+    } else {
+        k.div_ceil(((k + KC / 2) / KC).max(1))
+    };
+    let nk = k.div_ceil(kc);
+    let steps = if panel_outer {
+        oblocks * tiles.len()
+    } else {
+        tiles.len() * nk * oblocks
+    };
+    for s in 0..steps {
+        // (pixel tile, reduction block, panel) of this step, and whether the step is the first of
+        // its panel's run over one input block.
+        let (ti, kb, ob) = if panel_outer {
+            (s % tiles.len(), 0, s / tiles.len())
+        } else {
+            (s / (nk * oblocks), s / oblocks % nk, s % oblocks)
+        };
+        let (p0, np) = tiles[ti];
+        let (nv, mask) = vectors_and_mask(np);
+        let k0 = kb * kc;
+        let kn = kc.min(k - k0);
+        let more_k = k0 + kn < k;
+        // What this step's successor reads: its input block (when it differs) and weights.
+        let (next_x, next_w) = if panel_outer {
+            // The whole input (`K x T`) stays in L2 after the first panel.
+            let nx = if ob == 0 && ti + 1 < tiles.len() {
+                x[tiles[ti + 1].0..].as_ptr()
+            } else {
+                std::ptr::null()
+            };
+            let nw = if ti + 1 == tiles.len() && ob + 1 < oblocks {
+                wp[(ob + 1) * k * MR..].as_ptr()
+            } else {
+                std::ptr::null()
+            };
+            (nx, nw)
+        } else {
+            let nx = if ob != 0 {
+                std::ptr::null()
+            } else if more_k {
+                x[(k0 + kn) * xs + p0..].as_ptr()
+            } else if ti + 1 < tiles.len() {
+                x[tiles[ti + 1].0..].as_ptr()
+            } else {
+                std::ptr::null()
+            };
+            let nw = if ob + 1 < oblocks {
+                wp[((ob + 1) * k + k0) * MR..].as_ptr()
+            } else if more_k {
+                wp[(k0 + kn) * MR..].as_ptr()
+            } else {
+                std::ptr::null()
+            };
+            (nx, nw)
+        };
+        #[cfg(target_arch = "x86_64")]
+        {
+            let a = avx512::Args {
+                x: x[k0 * xs + p0..].as_ptr(),
+                w: wp[(ob * k + k0) * MR..].as_ptr(),
+                next_x,
+                next_w,
+                next_res: std::ptr::null(),
+                next_out: std::ptr::null_mut(),
+                bias: std::ptr::null(),
+                res: std::ptr::null(),
+                out: dst[ob * MR * ds + p0..].as_mut_ptr(),
+                k: kn,
+                p: ds,
+                xp: xs,
+                mask,
+                act: Activation::None,
+                first: k0 == 0,
+                last: !more_k,
+            };
+            // SAFETY: AVX-512 is present (`available`); the block reads rows k0..k0+kn (stride
+            // xs) and reads/writes rows ob*MR..ob*MR+MR (stride ds) at pixels p0..p0+np, in
+            // bounds by the asserts above (loads past `np` are masked); `out` comes from the
+            // exclusively borrowed `dst`.
+            unsafe {
+                match nv {
+                    1 => avx512::tile::<1>(&a),
+                    2 => avx512::tile::<2>(&a),
+                    _ => avx512::tile::<NV>(&a),
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (next_w, next_x, np, mask, nv);
+            unreachable!("gemm_serial is only dispatched on AVX-512 CPUs");
+        }
+    }
+}
+
 /// One register block over one reduction block: channels `MR`, pixels `p0..p0+np` (np <= 48).
 ///
 /// # Safety
@@ -250,6 +373,7 @@ unsafe fn block(
             out,
             k: kn,
             p,
+            xp: p,
             mask,
             act,
             first,
@@ -301,7 +425,10 @@ mod avx512 {
         /// Output at (o0, p0) (row stride `p`).
         pub out: *mut f32,
         pub k: usize,
+        /// Row stride of `out` and `res`.
         pub p: usize,
+        /// Row stride of `x` (and `next_x`).
+        pub xp: usize,
         pub mask: u16,
         pub act: Activation,
         pub first: bool,
@@ -418,7 +545,7 @@ mod avx512 {
         }
         let (w, p) = (a.w, a.p);
         for kk in 0..a.k {
-            let xr = a.x.add(kk * p);
+            let xr = a.x.add(kk * a.xp);
             let mut xv = [_mm512_setzero_ps(); V];
             for (j, v) in xv.iter_mut().enumerate() {
                 *v = load::<V>(xr, j, mask);
@@ -443,7 +570,7 @@ mod avx512 {
                 }
             }
             if !a.next_x.is_null() {
-                let nx = a.next_x.wrapping_add(kk * p);
+                let nx = a.next_x.wrapping_add(kk * a.xp);
                 for j in 0..V {
                     _mm_prefetch::<_MM_HINT_T1>(nx.wrapping_add(16 * j) as *const i8);
                 }

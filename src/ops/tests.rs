@@ -1214,3 +1214,56 @@ fn resize_horizontal_pass_matches_the_tap_sums() {
     }
     assert!(!resize::available(resize::MAX_TAPS + 1) && !resize::available(0));
 }
+
+#[test]
+fn packed_gemm_matches_a_plain_triple_loop() {
+    // The Winograd GEMMs on a packed weight (`packed1x1::gemm_serial`): input rows and output rows
+    // with strides longer than the row, both loop orders (pixel tiles outermost for weights up to
+    // 512 KiB, weight panels outermost above), K not a multiple of the 128-channel reduction block
+    // (1, 5, 200, 300), pixels not a multiple of 16 (1, 17, 49), and the floats past each row,
+    // which must stay untouched.
+    let cases = [
+        (8, 1, 1),
+        (16, 5, 17),
+        (128, 128, 784),
+        (64, 200, 49),
+        (256, 256, 100),
+        (512, 300, 49),
+        (512, 512, 33),
+    ];
+    if cpu::level() != cpu::Level::Avx512 {
+        assert!(!packed1x1::available(8));
+        return;
+    }
+    for (o, k, t) in cases {
+        let (xs, ds) = (t + 19, t + 7);
+        let x: Vec<f32> = (0..k * xs)
+            .map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 512.0)
+            .collect();
+        let w: Vec<f32> = (0..o * k)
+            .map(|i| ((i * 104729 % 997) as f32 - 498.0) / 997.0)
+            .collect();
+        let wp = packed1x1::pack(&w, o, k);
+        let mut dst = vec![f32::NAN; o * ds];
+        packed1x1::gemm_serial(&wp, &x, xs, &mut dst, ds, o, k, t);
+        let mut worst = 0f64;
+        for oi in 0..o {
+            for j in 0..ds {
+                let got = dst[oi * ds + j];
+                if j >= t {
+                    assert!(
+                        got.is_nan(),
+                        "o {o} k {k} t {t}: wrote past the row at ({oi}, {j})"
+                    );
+                    continue;
+                }
+                let want: f64 = (0..k)
+                    .map(|kk| f64::from(w[oi * k + kk]) * f64::from(x[kk * xs + j]))
+                    .sum();
+                let scale = (k as f64).sqrt().max(1.0);
+                worst = worst.max((f64::from(got) - want).abs() / scale);
+            }
+        }
+        assert!(worst <= 1e-5, "o {o} k {k} t {t}: error {worst}");
+    }
+}
