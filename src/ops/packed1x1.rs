@@ -212,10 +212,11 @@ pub fn conv1x1_packed(
 /// Single-threaded GEMM `dst[o][j] = sum_k W[o][k] * x[k * xs + j]` for `j < t`, with `wp` the
 /// [`pack`]ed `W` (`[o, k]`) and the rows of `dst` `ds` floats apart: the GEMMs of the Winograd
 /// convolution ([`super::winograd`]), whose transformed weights are packed once at load, so no
-/// call packs either operand. Pixel tiles outermost, then reduction blocks of about [`KC`], then
-/// the weight panels: a block of the input tile stays in L1 while the panels stream past it from
-/// L2 (at most 512 x 128 floats per reduction block for Wide ResNet), each prefetching the next.
-/// Panics unless [`available`]`(o)` and the slices are long enough.
+/// call packs either operand. A weight of at most 512 KiB runs pixel tiles
+/// outermost, then reduction blocks of about [`KC`], then the weight panels: a block of the input
+/// tile stays in L1 while the panels stream past it from L2, each prefetching the next. A larger
+/// weight runs panel by panel over every pixel tile, the whole reduction in registers, so each
+/// panel is read once. Panics unless [`available`]`(o)` and the slices are long enough.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_serial(
     wp: &[f32],
@@ -247,8 +248,7 @@ pub fn gemm_serial(
         tiles.len() * nk * oblocks
     };
     for s in 0..steps {
-        // (pixel tile, reduction block, panel) of this step, and whether the step is the first of
-        // its panel's run over one input block.
+        // (pixel tile, reduction block, panel) of this step.
         let (ti, kb, ob) = if panel_outer {
             (s % tiles.len(), 0, s / tiles.len())
         } else {

@@ -571,7 +571,7 @@ fn winograd_matches_reference() {
         dense(2, 256, 28, 28, 64, 3, 1, 1),
         dense(2, 512, 14, 14, 32, 3, 1, 1),
         dense(4, 256, 7, 7, 48, 3, 1, 1),
-        // a weight too large for the fused F(2,3) path: three passes with the packed GEMM
+        // the packed GEMM with a reduction (136) that is not a multiple of 16
         dense(2, 136, 12, 12, 128, 3, 1, 1),
         // odd sizes, not multiples of the tile, more tiles per row than SIMD lanes, padding 0 and 2
         dense(3, 6, 13, 12, 5, 3, 1, 1),
