@@ -14,7 +14,9 @@
 //!   ([`winograd`]), its transformed weights kept in a [`PreparedWeight`] (pass one to
 //!   [`conv2d_prepared`]; plain [`conv2d`] transforms the weight on every call), or only in its
 //!   transformed form, the original dropped, in a [`WinogradWeight`] ([`conv2d_winograd`]: always
-//!   Winograd, for layers that never take another kernel);
+//!   Winograd, for layers that never take another kernel); on AVX-512 CPUs its 16 GEMMs run on
+//!   the packed 1x1 kernel ([`packed1x1::gemm_serial`]) with the transformed weight packed at load
+//!   (`IMGCLASS_WINO_GEMM=0`, read once, keeps the `gemm` crate);
 //!   `IMGCLASS_WINOGRAD=0` in the environment (read once) turns it off (the A/B switch for
 //!   benchmarks); `IMGCLASS_WINOGRAD=f4` also uses F(4x4,3x3) from 28x28 up (a little faster,
 //!   3x the rounding error);

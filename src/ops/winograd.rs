@@ -231,7 +231,7 @@ impl WinogradWeight {
 /// Fixed for the process, so a weight transformed earlier always matches.
 pub(crate) fn packed_gemm(o: usize) -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("IMGCLASS_WINO_GEMM").map_or(true, |v| v != "0"))
+    *ON.get_or_init(|| std::env::var("IMGCLASS_WINO_GEMM").map_or(true, |v| v.trim() != "0"))
         && super::packed1x1::available(o)
 }
 
