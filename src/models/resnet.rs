@@ -6,7 +6,9 @@
 
 use super::{global_avg_pool, ConvBnConfig, FoldedConv};
 use crate::models::classifier::INPUT_SIZE;
-use crate::ops::{self, packed1x1, Activation, PointwiseWeight, PreparedWeight, WinogradWeight};
+use crate::ops::{
+    self, packed1x1, Activation, KxkCvWeight, PointwiseWeight, PreparedWeight, WinogradWeight,
+};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
@@ -179,6 +181,14 @@ enum PreparedConv {
         padding: usize,
         act: Activation,
     },
+    /// Only the channel-vector packing of the weight over its im2col reduction
+    /// ([`KxkCvWeight`], same size as the original): the 3x3 convolutions with 7x7 outputs.
+    ChannelVectors {
+        weight: KxkCvWeight,
+        bias: Tensor,
+        params: ops::ConvParams,
+        act: Activation,
+    },
 }
 
 impl PreparedConv {
@@ -200,8 +210,29 @@ impl PreparedConv {
         })
     }
 
+    /// The weight kept only as a [`KxkCvWeight`] when it can be here (AVX-512 CPUs), else
+    /// [`Self::new`].
+    fn channel_vectors(conv: FoldedConv) -> Result<Self> {
+        let (o, ..) = conv.weight.dims4()?;
+        if conv.params.groups != 1 || !packed1x1::cv_available(o) {
+            return Ok(Self::new(conv));
+        }
+        Ok(Self::ChannelVectors {
+            weight: KxkCvWeight::new(&conv.weight)?,
+            bias: conv.bias,
+            params: conv.params,
+            act: conv.act,
+        })
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
+            Self::ChannelVectors {
+                weight,
+                bias,
+                params,
+                act,
+            } => ops::conv2d_kxk_cv(x, weight, Some(bias), *params, *act),
             Self::Cached { conv: c, weight } => {
                 ops::conv2d_prepared(x, weight, Some(&c.bias), c.params, c.act, None)
             }
@@ -300,8 +331,14 @@ impl Bottleneck {
             )?,
             conv2: {
                 let conv2 = FoldedConv::new(vb.pp("conv2"), vb.pp("bn2"), &c2)?;
+                let out_side = side.div_ceil(cfg.stride.max(1));
                 if winograd_only {
                     PreparedConv::winograd_only(conv2)?
+                } else if side > 0
+                    && out_side * out_side < packed1x1::PANELS8_MIN_PIXELS
+                    && ops::kxk_cv_enabled()
+                {
+                    PreparedConv::channel_vectors(conv2)?
                 } else {
                     PreparedConv::new(conv2)
                 }

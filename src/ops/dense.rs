@@ -50,6 +50,27 @@ pub(crate) fn dense(
     out
 }
 
+/// `act(conv(x, w) + bias)` with `wp` the channel-vector panels of the `[O, C K K]` weight
+/// ([`super::packed1x1::KxkCvWeight`]): im2col of every image into one pooled scratch matrix
+/// (`[C K K, n P]`), then [`super::packed1x1::conv1x1_cv_deep`] on it.
+pub(crate) fn im2col_cv(
+    x: &[f32],
+    wp: &[f32],
+    bias: Option<&[f32]>,
+    act: Activation,
+    g: &Geometry,
+) -> Vec<f32> {
+    let p = g.oh * g.ow;
+    let kdim = g.c * g.k * g.k;
+    if g.n * g.o * p == 0 {
+        return Vec::new();
+    }
+    with_scratch(kdim * g.n * p, |cols| {
+        im2col(x, g, 0, g.n, cols);
+        super::packed1x1::conv1x1_cv_deep(cols, g.n * p, p, wp, bias, act, g.n, kdim, g.o, p)
+    })
+}
+
 #[allow(clippy::too_many_arguments)]
 fn gemm_chunks(
     x: &[f32],

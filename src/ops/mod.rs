@@ -25,6 +25,11 @@
 //!   blocks of 8 channels x 48 pixels, reduction blocked by 128) from 14x14 up, 48-channel vectors
 //!   (48 channels x up to 8 pixels, no lanes lost to the pixel remainder) on 7x7;
 //!   `IMGCLASS_PACK1X1=0` (read once) keeps them on the unpacked kernel (the A/B switch);
+//! - Wide ResNet's 3x3 convolutions with 7x7 outputs on AVX-512 CPUs: the weight kept only in the
+//!   48-channel-vector layout over its im2col reduction ([`KxkCvWeight`], [`conv2d_kxk_cv`]):
+//!   im2col, then the reduction-blocked channel-vector kernel
+//!   ([`packed1x1::conv1x1_cv_deep`]); `IMGCLASS_KXK_CV=0` (read once) keeps them on
+//!   im2col + `gemm` (the A/B switch);
 //! - MobileNetV3's 1x1 convolutions and SqueezeExcitation's 1x1-map convolutions on AVX-512
 //!   CPUs: register-blocked kernels with the epilogue in registers ([`pointwise`]); [`linear`]
 //!   (the classifier) as a fused GEMV there too; [`conv2d_se_scaled`] folds SqueezeExcitation's
@@ -55,7 +60,7 @@ pub mod resize;
 mod stem;
 pub mod winograd;
 
-pub use packed1x1::PointwiseWeight;
+pub use packed1x1::{KxkCvWeight, PointwiseWeight};
 pub use pool::{global_avg_pool, max_pool2d, se_scale};
 pub use winograd::{PreparedWeight, WinogradWeight};
 
@@ -449,6 +454,47 @@ pub fn conv2d_winograd(
             ))
         },
     )
+}
+
+/// `act(conv2d(x, w) + b)` for a k x k convolution whose weight is kept only in the channel-vector
+/// layout over its im2col reduction ([`KxkCvWeight`]; AVX-512 CPUs): im2col, then the
+/// reduction-blocked channel-vector kernel ([`packed1x1::conv1x1_cv_deep`]).
+pub fn conv2d_kxk_cv(
+    x: &Tensor,
+    w: &KxkCvWeight,
+    b: Option<&Tensor>,
+    p: ConvParams,
+    act: Activation,
+) -> Result<Tensor> {
+    let cpu_f32 = x.dtype() == DType::F32 && matches!(x.device(), Device::Cpu);
+    let (_, c, h, wd) = x.dims4()?;
+    let k = w.kernel();
+    if !cpu_f32
+        || c != w.in_channels()
+        || p.groups != 1
+        || p.stride == 0
+        || h + 2 * p.padding < k
+        || wd + 2 * p.padding < k
+    {
+        candle_core::bail!(
+            "conv2d_kxk_cv: cannot run {:?} ({:?}) * [{}, {}, {k}, {k}] with {p:?}",
+            x.dims(),
+            x.dtype(),
+            w.out_channels(),
+            w.in_channels()
+        );
+    }
+    run_fast(x, w.out_channels(), k, b, p, None, |xs, bs, _, geom| {
+        Ok(dense::im2col_cv(xs, w.packed(), bs, act, geom))
+    })
+}
+
+/// Whether Wide ResNet's 3x3 convolutions with 7x7 outputs keep their weight in the channel-vector
+/// layout ([`conv2d_kxk_cv`]) on AVX-512 CPUs (`IMGCLASS_KXK_CV=0`, read once, keeps them on
+/// im2col + `gemm`: the A/B switch).
+pub fn kxk_cv_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("IMGCLASS_KXK_CV").map_or(true, |v| v.trim() != "0"))
 }
 
 /// `act(conv2d(x, w) + b [+ residual])` for a 1x1 stride-1 convolution whose weight is kept only

@@ -17,6 +17,9 @@
 //!   residual (gathered) and activation are applied with channels in lanes and the outputs are
 //!   scattered. Measured faster on 7x7 maps (deep K: the scatter costs little there).
 //!
+//! [`conv1x1_cv_deep`] runs the channel-vector layout over reductions too deep for a panel to stay
+//! in L2 (the im2col matrices of the 3x3 convolutions with 7x7 outputs, [`KxkCvWeight`]).
+//!
 //! Interleaved single-thread A/B against the unpacked kernel: `examples/pack1x1_ab.rs`.
 
 use super::cpu::{level, vectors_and_mask, Level};
@@ -464,6 +467,8 @@ mod avx512 {
         pub res: *const f32,
         /// Output at (o0, p0) (row stride `p`).
         pub out: *mut f32,
+        /// Row stride of `x`.
+        pub xs: usize,
         pub k: usize,
         pub p: usize,
         pub act: Activation,
@@ -476,7 +481,7 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn cv_tile<const VO: usize, const PX: usize>(a: &CvArgs) {
         let mut acc = [[_mm512_setzero_ps(); VO]; PX];
-        let (x, w, p) = (a.x, a.w, a.p);
+        let (x, w) = (a.x, a.w);
         for kk in 0..a.k {
             let wr = w.add(kk * 16 * VO);
             let mut wv = [_mm512_setzero_ps(); VO];
@@ -487,7 +492,7 @@ mod avx512 {
             for l in l0..l1 {
                 _mm_prefetch::<_MM_HINT_T1>(a.pf.wrapping_add(16 * l) as *const i8);
             }
-            let xr = x.add(kk * p);
+            let xr = x.add(kk * a.xs);
             for (j, row) in acc.iter_mut().enumerate() {
                 let xb = _mm512_set1_ps(*xr.add(j));
                 for (c, wvv) in row.iter_mut().zip(&wv) {
@@ -512,6 +517,77 @@ mod avx512 {
                     y = _mm512_add_ps(y, _mm512_i32gather_ps::<4>(idx, a.res.add(j)));
                 }
                 let y = act(y, a.act);
+                _mm512_i32scatter_ps::<4>(a.out.add(j), idx, y);
+            }
+        }
+    }
+
+    /// [`cv_tile`] on a reduction block: the sums start from `acc` and end there, raw (pixel `j`'s
+    /// `16 * VO` channels at `j * CW`); [`cv_finish`] applies the epilogue after the last block.
+    ///
+    /// # Safety
+    /// As [`cv_tile`] (without `out`, `bias`, `res`); `acc` valid for `PX * CW` floats.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn cv_tile_acc<const VO: usize, const PX: usize>(
+        a: &CvArgs,
+        acc_ptr: *mut f32,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); VO]; PX];
+        for (j, row) in acc.iter_mut().enumerate() {
+            for (v, c) in row.iter_mut().enumerate() {
+                *c = _mm512_loadu_ps(acc_ptr.add(j * super::CW + 16 * v));
+            }
+        }
+        let (x, w) = (a.x, a.w);
+        let (mut pf_line, mut pf_acc) = (0usize, 0usize);
+        for kk in 0..a.k {
+            let wr = w.add(kk * 16 * VO);
+            let mut wv = [_mm512_setzero_ps(); VO];
+            for (v, r) in wv.iter_mut().enumerate() {
+                *r = _mm512_loadu_ps(wr.add(16 * v));
+            }
+            // Lines `kk * pf_lines / k .. (kk + 1) * pf_lines / k`, counted without a division.
+            pf_acc += a.pf_lines;
+            while pf_acc >= a.k {
+                _mm_prefetch::<_MM_HINT_T1>(a.pf.wrapping_add(16 * pf_line) as *const i8);
+                pf_line += 1;
+                pf_acc -= a.k;
+            }
+            let xr = x.add(kk * a.xs);
+            for (j, row) in acc.iter_mut().enumerate() {
+                let xb = _mm512_set1_ps(*xr.add(j));
+                for (c, wvv) in row.iter_mut().zip(&wv) {
+                    *c = _mm512_fmadd_ps(xb, *wvv, *c);
+                }
+            }
+        }
+        for (j, row) in acc.iter().enumerate() {
+            for (v, c) in row.iter().enumerate() {
+                _mm512_storeu_ps(acc_ptr.add(j * super::CW + 16 * v), *c);
+            }
+        }
+    }
+
+    /// The epilogue of [`cv_tile`] on the sums [`cv_tile_acc`] left in `acc`: bias, activation,
+    /// scattered to `out` (row stride `a.p`), for `np` pixels and `vo` vectors of channels.
+    ///
+    /// # Safety
+    /// `acc` valid for `np * CW` floats, `out` for rows `0..16 vo` (stride `a.p`) of `np` floats.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn cv_finish(a: &CvArgs, acc_ptr: *const f32, vo: usize, np: usize) {
+        let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        let pv = _mm512_set1_epi32(a.p as i32);
+        for v in 0..vo {
+            let idx =
+                _mm512_mullo_epi32(_mm512_add_epi32(lane, _mm512_set1_epi32(16 * v as i32)), pv);
+            let b = if a.bias.is_null() {
+                _mm512_setzero_ps()
+            } else {
+                _mm512_loadu_ps(a.bias.add(16 * v))
+            };
+            for j in 0..np {
+                let s = _mm512_loadu_ps(acc_ptr.add(j * super::CW + 16 * v));
+                let y = act(_mm512_add_ps(s, b), a.act);
                 _mm512_i32scatter_ps::<4>(a.out.add(j), idx, y);
             }
         }
@@ -739,7 +815,7 @@ pub fn conv1x1_cv(
                 // (image, tile) chunks). Together the tasks write all of the buffer.
                 unsafe {
                     let optr = dst.ptr().add((img * o + o0) * p + p0);
-                    cv_block(xs, ws, pf, bs, rs, act, k, p, p0, np, width, optr);
+                    cv_block(xs, p, ws, pf, bs, rs, act, k, p, p0, np, width, optr);
                 }
             }
         }
@@ -750,7 +826,115 @@ pub fn conv1x1_cv(
     out
 }
 
-/// One register block of [`conv1x1_cv`]: `width` channels (16, 32 or 48) x pixels `p0..p0+np`.
+/// Reduction rows per block of [`conv1x1_cv_deep`]: a panel's block (48 x 1024 floats, 192 KiB)
+/// and the input's (1024 x 49 floats at 7x7) stay in L2 while the pixel tiles run over them.
+const CV_DEEP_KC: usize = 1024;
+/// The smallest reduction block of [`conv1x1_cv_deep`] (at batch 4 and up).
+const CV_DEEP_KC_MIN: usize = 256;
+/// Most images per task of [`conv1x1_cv_deep`].
+const CV_DEEP_IMAGES: usize = 8;
+
+/// [`conv1x1_cv`] for deep reductions (the im2col matrices of Wide ResNet's 3x3 convolutions on 7x7
+/// maps, `K = 9 C` up to 9216): per task one panel of 48 output channels and a group of up to
+/// [`CV_DEEP_IMAGES`] images, the reduction in blocks of about [`CV_DEEP_KC`] rows divided by the
+/// group's images (at least [`CV_DEEP_KC_MIN`]), every (image, pixel tile) over each block, the
+/// partial sums kept per tile between blocks, so each panel is read from memory once per group
+/// (not once per chunk of pixels), and the next block of the panel is prefetched while the
+/// current one runs. Measured slower than `gemm` at batch 8 (see the README).
+/// Image `i`'s input row `kk` starts at `x[i * xi + kk * xs]` (`p` pixels); out `[n, o, p]`.
+/// Panics unless [`cv_available`]`(o)` and the slices are long enough.
+#[allow(clippy::too_many_arguments)]
+pub fn conv1x1_cv_deep(
+    x: &[f32],
+    xs: usize,
+    xi: usize,
+    wp: &[f32],
+    bias: Option<&[f32]>,
+    act: Activation,
+    n: usize,
+    k: usize,
+    o: usize,
+    p: usize,
+) -> Vec<f32> {
+    let len = n * o * p;
+    assert!(cv_available(o) && k > 0 && p > 0 && xs >= p);
+    assert!(n == 0 || x.len() >= (n - 1) * xi + (k - 1) * xs + p);
+    assert!(wp.len() >= o * k && bias.is_none_or(|b| b.len() >= o));
+    assert!(len <= i32::MAX as usize);
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    if len == 0 {
+        return out;
+    }
+    let tiles = small_tiles(p);
+    let group = n.min(CV_DEEP_IMAGES);
+    let nkb = k.div_ceil((CV_DEEP_KC / group).max(CV_DEEP_KC_MIN));
+    let kc = k.div_ceil(nkb);
+    let panels = o.div_ceil(CW);
+    let serial = n * o * k * p < SERIAL_MACS;
+    let dst = OutPtr(out.as_mut_ptr());
+    // Tasks: a panel over a group of up to CV_DEEP_IMAGES images, the images inside each
+    // reduction block, so each block of the panel is read from memory once per group; several
+    // images take smaller blocks, so their input blocks stay in L2 together.
+    let nt = tiles.len();
+    let ngroups = n.div_ceil(CV_DEEP_IMAGES);
+    let job = |j: usize| {
+        let (b, g) = (j / ngroups, j % ngroups);
+        let i0 = g * CV_DEEP_IMAGES;
+        let calls = CV_DEEP_IMAGES.min(n - i0) * nt;
+        let o0 = b * CW;
+        let width = CW.min(o - o0);
+        let panel = &wp[o0 * k..][..width * k];
+        let bs = bias.map(|bv| &bv[o0..o0 + width]);
+        // Partial sums per (image, tile) between reduction blocks; zeros for the first block.
+        let mut acc: Vec<CvAcc> = vec![[0f32; PXMAX * CW]; calls];
+        for kb in 0..nkb {
+            let k0 = kb * kc;
+            let kn = kc.min(k - k0);
+            let last = k0 + kn == k;
+            let ws = &panel[k0 * width..][..kn * width];
+            // The calls of this block prefetch the next block of the panel, each its share.
+            let next = if last {
+                &[][..]
+            } else {
+                let kn2 = kc.min(k - k0 - kn);
+                &panel[(k0 + kn) * width..][..kn2 * width]
+            };
+            for (c, a) in acc.iter_mut().enumerate() {
+                let (img, (p0, np)) = (i0 + c / nt, tiles[c % nt]);
+                let pf = &next[c * next.len() / calls..(c + 1) * next.len() / calls];
+                // SAFETY: rows o0..o0+width, pixels p0..p0+np of image `img` are in bounds of
+                // the `len`-float buffer and written by this task only (tasks differ in panel or
+                // image group), after the last block. Together the tasks write all of the buffer.
+                unsafe {
+                    let finish = last.then(|| (bs, act, dst.ptr().add((img * o + o0) * p + p0), p));
+                    cv_block_acc(
+                        &x[img * xi + k0 * xs..],
+                        xs,
+                        ws,
+                        pf,
+                        kn,
+                        p0,
+                        np,
+                        width,
+                        a,
+                        finish,
+                    );
+                }
+            }
+        }
+    };
+    run_jobs(panels * ngroups, serial, job);
+    // SAFETY: every output was written above.
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// Partial sums of one register block of [`conv1x1_cv_deep`] between reduction blocks: pixel `j`'s
+/// channels at `j * CW`.
+type CvAcc = [f32; PXMAX * CW];
+
+/// One register block of [`conv1x1_cv`]: `width` channels (16, 32 or 48) x pixels `p0..p0+np`,
+/// the input rows `xs` floats apart.
 ///
 /// # Safety
 /// `out` valid for writing rows `0..width` (stride `p`) of `np` floats; AVX-512 present.
@@ -758,6 +942,7 @@ pub fn conv1x1_cv(
 #[inline]
 unsafe fn cv_block(
     x: &[f32],
+    xs: usize,
     w: &[f32],
     pf: &[f32],
     bias: Option<&[f32]>,
@@ -772,7 +957,7 @@ unsafe fn cv_block(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        assert!(x.len() >= (k - 1) * p + p0 + np && w.len() >= k * width);
+        assert!(x.len() >= (k - 1) * xs + p0 + np && w.len() >= k * width);
         assert!((1..=PXMAX).contains(&np) && matches!(width, 16 | 32 | 48));
         let a = avx512::CvArgs {
             x: x[p0..].as_ptr(),
@@ -782,6 +967,7 @@ unsafe fn cv_block(
             bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
             res: res.map_or(std::ptr::null(), |r| r[p0..].as_ptr()),
             out,
+            xs,
             k,
             p,
             act,
@@ -801,8 +987,74 @@ unsafe fn cv_block(
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (x, w, pf, bias, res, act, k, p, p0, np, width, out);
+        let _ = (x, xs, w, pf, bias, res, act, k, p, p0, np, width, out);
         unreachable!("conv1x1_cv is only dispatched on AVX-512 CPUs");
+    }
+}
+
+/// One register block of [`conv1x1_cv_deep`] over one reduction block (`k` rows): the sums start
+/// from `acc` and are left there; with `finish = Some((bias, act, out, p))` (the last block) they
+/// are then finished (bias, activation) and scattered to `out` (rows `p` floats apart).
+///
+/// # Safety
+/// With `finish`, `out` valid for writing rows `0..width` (stride `p`) of `np` floats; AVX-512
+/// present.
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+#[inline]
+unsafe fn cv_block_acc(
+    x: &[f32],
+    xs: usize,
+    w: &[f32],
+    pf: &[f32],
+    k: usize,
+    p0: usize,
+    np: usize,
+    width: usize,
+    acc: &mut CvAcc,
+    finish: Option<(Option<&[f32]>, Activation, *mut f32, usize)>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        assert!(x.len() >= (k - 1) * xs + p0 + np && w.len() >= k * width);
+        assert!((1..=PXMAX).contains(&np) && matches!(width, 16 | 32 | 48));
+        let (bias, act, out, p) =
+            finish.unwrap_or((None, Activation::None, std::ptr::null_mut(), 0));
+        assert!(bias.is_none_or(|b| b.len() >= width));
+        let a = avx512::CvArgs {
+            x: x[p0..].as_ptr(),
+            w: w.as_ptr(),
+            pf: pf.as_ptr(),
+            pf_lines: pf.len() / 16,
+            bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
+            res: std::ptr::null(),
+            out,
+            xs,
+            k,
+            p,
+            act,
+        };
+        let ap = acc.as_mut_ptr();
+        macro_rules! go {
+            ($($px:literal)*) => {
+                match (width / 16, np) {
+                    $( (3, $px) => avx512::cv_tile_acc::<3, $px>(&a, ap),
+                       (2, $px) => avx512::cv_tile_acc::<2, $px>(&a, ap),
+                       (_, $px) => avx512::cv_tile_acc::<1, $px>(&a, ap), )*
+                    _ => unreachable!(),
+                }
+            };
+        }
+        // SAFETY: see the function's contract; `acc` holds PXMAX * CW floats.
+        go!(1 2 3 4 5 6 7 8);
+        if finish.is_some() {
+            // SAFETY: `out` as the contract says, `acc` written above.
+            avx512::cv_finish(&a, ap, width / 16, np);
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (x, xs, w, pf, k, p0, np, width, acc, finish);
+        unreachable!("conv1x1_cv_deep is only dispatched on AVX-512 CPUs");
     }
 }
 
@@ -921,5 +1173,69 @@ impl PointwiseWeight {
             Layout::Panels8 => conv1x1_packed(x, &self.data, bias, res, act, n, k, o, p),
             Layout::ChannelVectors => conv1x1_cv(x, &self.data, bias, res, act, n, k, o, p),
         }
+    }
+}
+
+/// A k x k convolution weight `[O, C, k, k]` kept ONLY in the channel-vector layout ([`pack_cv`])
+/// over its im2col reduction (`K = C k k`), for [`conv1x1_cv_deep`] on im2col matrices (Wide
+/// ResNet's 3x3 convolutions with 7x7 outputs). The original is dropped (the packed copy is the
+/// same size). Shared by clones. Only where [`cv_available`]`(O)`.
+#[derive(Clone)]
+pub struct KxkCvWeight {
+    data: std::sync::Arc<Vec<f32>>,
+    o: usize,
+    c: usize,
+    k: usize,
+}
+
+impl std::fmt::Debug for KxkCvWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KxkCvWeight")
+            .field("out_channels", &self.o)
+            .field("in_channels", &self.c)
+            .field("kernel", &self.k)
+            .finish()
+    }
+}
+
+impl KxkCvWeight {
+    /// Pack `w` (`[O, C, k, k]`, f32, CPU); an error unless [`cv_available`]`(O)`.
+    pub fn new(w: &candle_core::Tensor) -> candle_core::Result<Self> {
+        let (o, c, kh, kw) = w.dims4()?;
+        if kh != kw || kh == 0 || w.dtype() != candle_core::DType::F32 || !w.device().is_cpu() {
+            candle_core::bail!(
+                "KxkCvWeight: expected an f32 CPU [O, C, k, k] weight, got {:?} {:?}",
+                w.dims(),
+                w.dtype()
+            );
+        }
+        if c == 0 || !cv_available(o) {
+            candle_core::bail!("KxkCvWeight: unsupported here for {:?}", w.dims());
+        }
+        let w = w.contiguous()?;
+        let v = super::cpu::F32View::new(&w)?;
+        Ok(Self {
+            data: std::sync::Arc::new(pack_cv(v.slice()?, o, c * kh * kw)),
+            o,
+            c,
+            k: kh,
+        })
+    }
+
+    pub fn out_channels(&self) -> usize {
+        self.o
+    }
+
+    pub fn in_channels(&self) -> usize {
+        self.c
+    }
+
+    pub fn kernel(&self) -> usize {
+        self.k
+    }
+
+    /// The packed panels ([`pack_cv`] of `[O, C k k]`).
+    pub(crate) fn packed(&self) -> &[f32] {
+        &self.data
     }
 }

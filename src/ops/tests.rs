@@ -838,6 +838,92 @@ fn packed_pointwise_matches_reference() {
 }
 
 #[test]
+fn kxk_channel_vectors_match_reference() {
+    // The k x k convolutions on im2col + the reduction-blocked channel-vector kernel
+    // (`conv2d_kxk_cv`): Wide ResNet's 7x7-output layers (channels reduced where that keeps the
+    // test quick; 1152 x 9 = 10368 rows is several reduction blocks at batch 1 and 2, the last
+    // one shorter) and remainders: 16/32-channel last panels (O = 16, 32, 80, 112), pixels not a
+    // multiple of the 7-pixel tiles (5x9, 3x3, 1x1), stride 2 from odd and even sizes, padding
+    // 0 and 1, 1x1 and 5x5 kernels, batches 1-9 (9: two image groups), with and without bias.
+    let cases = [
+        (1, 1152, 7, 7, 64, 3, 1, 1),
+        (2, 1152, 14, 14, 48, 3, 2, 1),
+        (9, 64, 7, 7, 80, 3, 1, 1),
+        (3, 200, 5, 9, 112, 3, 1, 1),
+        (4, 40, 15, 15, 32, 3, 2, 1),
+        (2, 24, 3, 3, 16, 3, 1, 0),
+        (1, 33, 1, 1, 16, 3, 1, 1),
+        (2, 30, 7, 7, 96, 5, 1, 2),
+        (1, 300, 7, 7, 48, 1, 1, 0),
+    ];
+    let mut checked = 0;
+    for (n, c, h, w, o, k, s, pad) in cases {
+        let case = dense(n, c, h, w, o, k, s, pad);
+        let (x, wt, p) = operands(&case);
+        let b = rand_tensor(&[o], 3);
+        if !packed1x1::cv_available(o) {
+            // not an AVX-512 CPU: refused, not a panic
+            assert!(KxkCvWeight::new(&wt).is_err());
+            continue;
+        }
+        let kw = KxkCvWeight::new(&wt).unwrap();
+        assert_eq!(
+            (kw.out_channels(), kw.in_channels(), kw.kernel()),
+            (o, c, k)
+        );
+        for (bb, act) in [
+            (None, Activation::None),
+            (Some(&b), Activation::Relu),
+            (Some(&b), Activation::Hardswish),
+        ] {
+            let want = reference::conv2d(&x, &wt, bb, p, act, None).unwrap();
+            let got = conv2d_kxk_cv(&x, &kw, bb, p, act).unwrap();
+            assert_eq!(got.dims(), want.dims());
+            let scale = max_abs(&want).max(1.0);
+            let diff = max_diff(&got, &want);
+            assert!(
+                diff <= 2e-5 * scale,
+                "{case:?} bias {} {act:?}: diff {diff} scale {scale}",
+                bb.is_some()
+            );
+            checked += 1;
+        }
+    }
+    if cpu::level() == cpu::Level::Avx512 {
+        assert_eq!(checked, 27);
+    }
+}
+
+#[test]
+fn kxk_channel_vectors_check_shapes() {
+    // a non-square kernel, O not a multiple of 16, wrong input channels, a wrong bias: errors
+    assert!(KxkCvWeight::new(&rand_tensor(&[16, 8, 3, 1], 9)).is_err());
+    assert!(KxkCvWeight::new(&rand_tensor(&[24, 8, 3, 3], 9)).is_err());
+    if !packed1x1::cv_available(16) {
+        return; // not an AVX-512 CPU
+    }
+    let kw = KxkCvWeight::new(&rand_tensor(&[16, 8, 3, 3], 9)).unwrap();
+    let p = ConvParams {
+        stride: 1,
+        padding: 1,
+        groups: 1,
+    };
+    let other = rand_tensor(&[1, 9, 5, 5], 9);
+    assert!(conv2d_kxk_cv(&other, &kw, None, p, Activation::None).is_err());
+    let x = rand_tensor(&[1, 8, 5, 5], 9);
+    let bias = rand_tensor(&[15], 9);
+    assert!(conv2d_kxk_cv(&x, &kw, Some(&bias), p, Activation::None).is_err());
+    // too small for the kernel without padding
+    let tiny = rand_tensor(&[1, 8, 2, 2], 9);
+    let p0 = ConvParams { padding: 0, ..p };
+    assert!(conv2d_kxk_cv(&tiny, &kw, None, p0, Activation::None).is_err());
+    // an empty batch is an empty output
+    let empty = Tensor::zeros((0, 8, 5, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let y = conv2d_kxk_cv(&empty, &kw, None, p, Activation::None).unwrap();
+    assert_eq!(y.dims(), [0, 16, 5, 5]);
+}
+
+#[test]
 fn packed_pointwise_checks_shapes() {
     let (x, wt, _) = operands(&dense(1, 8, 5, 5, 16, 1, 1, 0));
     // a 3x3 weight, wrong input channels, a residual of the wrong shape: errors, not panics
