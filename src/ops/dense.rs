@@ -50,9 +50,13 @@ pub(crate) fn dense(
     out
 }
 
+/// Most images per im2col matrix of [`im2col_cv`] (the scratch stays bounded at any batch size:
+/// 14.5 MB for Wide ResNet's 7x7 layers).
+const CV_IMAGES: usize = 8;
+
 /// `act(conv(x, w) + bias)` with `wp` the channel-vector panels of the `[O, C K K]` weight
-/// ([`super::packed1x1::KxkCvWeight`]): im2col of every image into one pooled scratch matrix
-/// (`[C K K, n P]`), then [`super::packed1x1::conv1x1_cv_deep`] on it.
+/// ([`super::packed1x1::KxkCvWeight`]): per group of up to [`CV_IMAGES`] images, im2col into one
+/// pooled scratch matrix (`[C K K, nb P]`), then [`super::packed1x1::conv1x1_cv_deep`] on it.
 pub(crate) fn im2col_cv(
     x: &[f32],
     wp: &[f32],
@@ -62,13 +66,22 @@ pub(crate) fn im2col_cv(
 ) -> Vec<f32> {
     let p = g.oh * g.ow;
     let kdim = g.c * g.k * g.k;
+    let mut out = Vec::with_capacity(g.n * g.o * p);
     if g.n * g.o * p == 0 {
-        return Vec::new();
+        return out;
     }
-    with_scratch(kdim * g.n * p, |cols| {
-        im2col(x, g, 0, g.n, cols);
-        super::packed1x1::conv1x1_cv_deep(cols, g.n * p, p, wp, bias, act, g.n, kdim, g.o, p)
-    })
+    let nb_max = g.n.min(CV_IMAGES);
+    with_scratch(kdim * nb_max * p, |scratch| {
+        for i0 in (0..g.n).step_by(nb_max) {
+            let nb = nb_max.min(g.n - i0);
+            let cols = &mut scratch[..kdim * nb * p];
+            im2col(x, g, i0, nb, cols);
+            let part =
+                super::packed1x1::conv1x1_cv_deep(cols, nb * p, p, wp, bias, act, nb, kdim, g.o, p);
+            out.extend_from_slice(&part);
+        }
+    });
+    out
 }
 
 #[allow(clippy::too_many_arguments)]

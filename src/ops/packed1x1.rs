@@ -831,16 +831,15 @@ pub fn conv1x1_cv(
 const CV_DEEP_KC: usize = 1024;
 /// The smallest reduction block of [`conv1x1_cv_deep`] (at batch 4 and up).
 const CV_DEEP_KC_MIN: usize = 256;
-/// Most images per task of [`conv1x1_cv_deep`].
-const CV_DEEP_IMAGES: usize = 8;
 
 /// [`conv1x1_cv`] for deep reductions (the im2col matrices of Wide ResNet's 3x3 convolutions on 7x7
-/// maps, `K = 9 C` up to 9216): per task one panel of 48 output channels and a group of up to
-/// [`CV_DEEP_IMAGES`] images, the reduction in blocks of about [`CV_DEEP_KC`] rows divided by the
-/// group's images (at least [`CV_DEEP_KC_MIN`]), every (image, pixel tile) over each block, the
-/// partial sums kept per tile between blocks, so each panel is read from memory once per group
-/// (not once per chunk of pixels), and the next block of the panel is prefetched while the
-/// current one runs. Measured slower than `gemm` at batch 8 (see the README).
+/// maps, `K = 9 C` up to 9216): per task one panel of 48 output channels over all `n` images, the
+/// reduction in blocks of about [`CV_DEEP_KC`] rows divided by the images (at least
+/// [`CV_DEEP_KC_MIN`]), every (image, pixel tile) over each block, the partial sums kept per tile
+/// between blocks, so each panel is read from memory once per call (not once per chunk of
+/// pixels), and the next block of the panel is prefetched while the current one runs. Callers pass
+/// a few images at a time (up to 8: [`super::dense`]); measured slower than `gemm` at batch 8
+/// (see the README).
 /// Image `i`'s input row `kk` starts at `x[i * xi + kk * xs]` (`p` pixels); out `[n, o, p]`.
 /// Panics unless [`cv_available`]`(o)` and the slices are long enough.
 #[allow(clippy::too_many_arguments)]
@@ -866,21 +865,17 @@ pub fn conv1x1_cv_deep(
         return out;
     }
     let tiles = small_tiles(p);
-    let group = n.min(CV_DEEP_IMAGES);
-    let nkb = k.div_ceil((CV_DEEP_KC / group).max(CV_DEEP_KC_MIN));
+    let nkb = k.div_ceil((CV_DEEP_KC / n).max(CV_DEEP_KC_MIN));
     let kc = k.div_ceil(nkb);
     let panels = o.div_ceil(CW);
     let serial = n * o * k * p < SERIAL_MACS;
     let dst = OutPtr(out.as_mut_ptr());
-    // Tasks: a panel over a group of up to CV_DEEP_IMAGES images, the images inside each
-    // reduction block, so each block of the panel is read from memory once per group; several
-    // images take smaller blocks, so their input blocks stay in L2 together.
+    // Tasks: a panel over every image, the images inside each reduction block, so each block of
+    // the panel is read from memory once per call; several images take smaller blocks, so their
+    // input blocks stay in L2 together.
     let nt = tiles.len();
-    let ngroups = n.div_ceil(CV_DEEP_IMAGES);
-    let job = |j: usize| {
-        let (b, g) = (j / ngroups, j % ngroups);
-        let i0 = g * CV_DEEP_IMAGES;
-        let calls = CV_DEEP_IMAGES.min(n - i0) * nt;
+    let calls = n * nt;
+    let job = |b: usize| {
         let o0 = b * CW;
         let width = CW.min(o - o0);
         let panel = &wp[o0 * k..][..width * k];
@@ -900,11 +895,11 @@ pub fn conv1x1_cv_deep(
                 &panel[(k0 + kn) * width..][..kn2 * width]
             };
             for (c, a) in acc.iter_mut().enumerate() {
-                let (img, (p0, np)) = (i0 + c / nt, tiles[c % nt]);
+                let (img, (p0, np)) = (c / nt, tiles[c % nt]);
                 let pf = &next[c * next.len() / calls..(c + 1) * next.len() / calls];
                 // SAFETY: rows o0..o0+width, pixels p0..p0+np of image `img` are in bounds of
-                // the `len`-float buffer and written by this task only (tasks differ in panel or
-                // image group), after the last block. Together the tasks write all of the buffer.
+                // the `len`-float buffer and written by this task only (tasks differ in panel),
+                // after the last block. Together the tasks write all of the buffer.
                 unsafe {
                     let finish = last.then(|| (bs, act, dst.ptr().add((img * o + o0) * p + p0), p));
                     cv_block_acc(
@@ -923,7 +918,7 @@ pub fn conv1x1_cv_deep(
             }
         }
     };
-    run_jobs(panels * ngroups, serial, job);
+    run_jobs(panels, serial, job);
     // SAFETY: every output was written above.
     unsafe { out.set_len(len) };
     out

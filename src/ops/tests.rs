@@ -844,7 +844,8 @@ fn kxk_channel_vectors_match_reference() {
     // test quick; 1152 x 9 = 10368 rows is several reduction blocks at batch 1 and 2, the last
     // one shorter) and remainders: 16/32-channel last panels (O = 16, 32, 80, 112), pixels not a
     // multiple of the 7-pixel tiles (5x9, 3x3, 1x1), stride 2 from odd and even sizes, padding
-    // 0 and 1, 1x1 and 5x5 kernels, batches 1-9 (9: two image groups), with and without bias.
+    // 0 and 1, 1x1 and 5x5 kernels, batches 1-9 (9: two im2col matrices of 8 and 1 images), with and
+    // without bias.
     let cases = [
         (1, 1152, 7, 7, 64, 3, 1, 1),
         (2, 1152, 14, 14, 48, 3, 2, 1),
