@@ -1172,53 +1172,34 @@ impl PointwiseWeight {
 }
 
 /// A k x k convolution weight `[O, C, k, k]` kept ONLY in the channel-vector layout ([`pack_cv`])
-/// over its im2col reduction (`K = C k k`), for [`conv1x1_cv_deep`] on im2col matrices (Wide
-/// ResNet's 3x3 convolutions with 7x7 outputs). The original is dropped (the packed copy is the
-/// same size). Shared by clones. Only where [`cv_available`]`(O)`.
-#[derive(Clone)]
+/// over its im2col reduction (`K = C k k`): the [`PointwiseWeight`] of the `[O, C k k, 1, 1]`
+/// reshape, for [`conv1x1_cv_deep`] on im2col matrices (Wide ResNet's 3x3 convolutions with 7x7
+/// outputs). The original is dropped (the packed copy is the same size). Shared by clones. Only
+/// where [`cv_available`]`(O)`.
+#[derive(Clone, Debug)]
 pub struct KxkCvWeight {
-    data: std::sync::Arc<Vec<f32>>,
-    o: usize,
+    packed: PointwiseWeight,
     c: usize,
     k: usize,
-}
-
-impl std::fmt::Debug for KxkCvWeight {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KxkCvWeight")
-            .field("out_channels", &self.o)
-            .field("in_channels", &self.c)
-            .field("kernel", &self.k)
-            .finish()
-    }
 }
 
 impl KxkCvWeight {
     /// Pack `w` (`[O, C, k, k]`, f32, CPU); an error unless [`cv_available`]`(O)`.
     pub fn new(w: &candle_core::Tensor) -> candle_core::Result<Self> {
         let (o, c, kh, kw) = w.dims4()?;
-        if kh != kw || kh == 0 || w.dtype() != candle_core::DType::F32 || !w.device().is_cpu() {
-            candle_core::bail!(
-                "KxkCvWeight: expected an f32 CPU [O, C, k, k] weight, got {:?} {:?}",
-                w.dims(),
-                w.dtype()
-            );
+        if kh != kw || kh == 0 {
+            candle_core::bail!("KxkCvWeight: expected a square kernel, got {:?}", w.dims());
         }
-        if c == 0 || !cv_available(o) {
-            candle_core::bail!("KxkCvWeight: unsupported here for {:?}", w.dims());
-        }
-        let w = w.contiguous()?;
-        let v = super::cpu::F32View::new(&w)?;
+        let flat = w.contiguous()?.reshape((o, c * kh * kw, 1, 1))?;
         Ok(Self {
-            data: std::sync::Arc::new(pack_cv(v.slice()?, o, c * kh * kw)),
-            o,
+            packed: PointwiseWeight::new(&flat, Layout::ChannelVectors)?,
             c,
             k: kh,
         })
     }
 
     pub fn out_channels(&self) -> usize {
-        self.o
+        self.packed.o
     }
 
     pub fn in_channels(&self) -> usize {
@@ -1231,6 +1212,6 @@ impl KxkCvWeight {
 
     /// The packed panels ([`pack_cv`] of `[O, C k k]`).
     pub(crate) fn packed(&self) -> &[f32] {
-        &self.data
+        &self.packed.data
     }
 }
