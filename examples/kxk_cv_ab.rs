@@ -11,17 +11,9 @@ use candle_core::{Device, Tensor};
 use imgclass::ops::{self, Activation, ConvParams, Kernel, KxkCvWeight, PreparedWeight};
 use std::time::Instant;
 
-fn oncpu_ms() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    Some(s.split_whitespace().next()?.parse::<f64>().ok()? / 1e6)
-}
-
-fn arg(i: usize, default: usize) -> usize {
-    std::env::args()
-        .nth(i)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
+#[path = "common/ab.rs"]
+mod ab;
+use ab::{arg, oncpu_ms};
 
 fn main() -> candle_core::Result<()> {
     let (batch, rounds) = (arg(1, 1), arg(2, 15).max(1));

@@ -10,17 +10,9 @@
 use imgclass::ops::{packed1x1, pointwise, Activation};
 use std::time::Instant;
 
-fn oncpu_ms() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    Some(s.split_whitespace().next()?.parse::<f64>().ok()? / 1e6)
-}
-
-fn arg(i: usize, default: usize) -> usize {
-    std::env::args()
-        .nth(i)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
+#[path = "common/ab.rs"]
+mod ab;
+use ab::{arg, oncpu_ms};
 
 fn rnd(len: usize, seed: u64) -> Vec<f32> {
     let mut s = seed

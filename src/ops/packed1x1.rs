@@ -474,23 +474,28 @@ mod avx512 {
         pub act: Activation,
     }
 
-    /// `VO` vectors of output channels x `PX` pixels.
+    /// The reduction of [`cv_tile`] and [`cv_tile_acc`]: `acc[j][v] += sum_kk x[kk][j] w[kk][v]`
+    /// over the `a.k` rows, prefetching `a.pf`'s lines evenly over them. Inlined into both, so the
+    /// sums stay in registers.
     ///
     /// # Safety
-    /// See `super::cv_block`.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn cv_tile<const VO: usize, const PX: usize>(a: &CvArgs) {
-        let mut acc = [[_mm512_setzero_ps(); VO]; PX];
+    /// Called from AVX-512 code only; `a.x`, `a.w`, `a.pf` as in [`CvArgs`].
+    #[inline(always)]
+    unsafe fn reduce<const VO: usize, const PX: usize>(a: &CvArgs, acc: &mut [[__m512; VO]; PX]) {
         let (x, w) = (a.x, a.w);
+        let (mut pf_line, mut pf_acc) = (0usize, 0usize);
         for kk in 0..a.k {
             let wr = w.add(kk * 16 * VO);
             let mut wv = [_mm512_setzero_ps(); VO];
             for (v, r) in wv.iter_mut().enumerate() {
                 *r = _mm512_loadu_ps(wr.add(16 * v));
             }
-            let (l0, l1) = (kk * a.pf_lines / a.k, (kk + 1) * a.pf_lines / a.k);
-            for l in l0..l1 {
-                _mm_prefetch::<_MM_HINT_T1>(a.pf.wrapping_add(16 * l) as *const i8);
+            // Lines `kk * pf_lines / k .. (kk + 1) * pf_lines / k`, counted without a division.
+            pf_acc += a.pf_lines;
+            while pf_acc >= a.k {
+                _mm_prefetch::<_MM_HINT_T1>(a.pf.wrapping_add(16 * pf_line) as *const i8);
+                pf_line += 1;
+                pf_acc -= a.k;
             }
             let xr = x.add(kk * a.xs);
             for (j, row) in acc.iter_mut().enumerate() {
@@ -500,6 +505,16 @@ mod avx512 {
                 }
             }
         }
+    }
+
+    /// `VO` vectors of output channels x `PX` pixels.
+    ///
+    /// # Safety
+    /// See `super::cv_block`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn cv_tile<const VO: usize, const PX: usize>(a: &CvArgs) {
+        let mut acc = [[_mm512_setzero_ps(); VO]; PX];
+        reduce(a, &mut acc);
         let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
         let pv = _mm512_set1_epi32(a.p as i32);
         for v in 0..VO {
@@ -538,29 +553,7 @@ mod avx512 {
                 *c = _mm512_loadu_ps(acc_ptr.add(j * super::CW + 16 * v));
             }
         }
-        let (x, w) = (a.x, a.w);
-        let (mut pf_line, mut pf_acc) = (0usize, 0usize);
-        for kk in 0..a.k {
-            let wr = w.add(kk * 16 * VO);
-            let mut wv = [_mm512_setzero_ps(); VO];
-            for (v, r) in wv.iter_mut().enumerate() {
-                *r = _mm512_loadu_ps(wr.add(16 * v));
-            }
-            // Lines `kk * pf_lines / k .. (kk + 1) * pf_lines / k`, counted without a division.
-            pf_acc += a.pf_lines;
-            while pf_acc >= a.k {
-                _mm_prefetch::<_MM_HINT_T1>(a.pf.wrapping_add(16 * pf_line) as *const i8);
-                pf_line += 1;
-                pf_acc -= a.k;
-            }
-            let xr = x.add(kk * a.xs);
-            for (j, row) in acc.iter_mut().enumerate() {
-                let xb = _mm512_set1_ps(*xr.add(j));
-                for (c, wvv) in row.iter_mut().zip(&wv) {
-                    *c = _mm512_fmadd_ps(xb, *wvv, *c);
-                }
-            }
-        }
+        reduce(a, &mut acc);
         for (j, row) in acc.iter().enumerate() {
             for (v, c) in row.iter().enumerate() {
                 _mm512_storeu_ps(acc_ptr.add(j * super::CW + 16 * v), *c);
