@@ -553,6 +553,14 @@ fn max_pool2d_matches_reference() {
         ([2, 3, 9, 8], 3, 2, 1),
         ([2, 3, 10, 10], 2, 2, 0),
         ([1, 2, 7, 7], 3, 1, 1),
+        // Other windows, strides and paddings (phases of unequal length, windows running past
+        // both ends of a row, the last window shorter than the kernel).
+        ([1, 2, 11, 13], 5, 2, 2),
+        ([1, 3, 12, 17], 4, 3, 2),
+        ([2, 2, 5, 6], 1, 1, 0),
+        ([1, 2, 6, 9], 2, 1, 1),
+        ([1, 1, 3, 3], 3, 3, 0),
+        ([1, 1, 8, 31], 7, 4, 3),
     ] {
         let x = (rand_tensor(&shape, 25) - 0.9).unwrap();
         let got = pool::max_pool2d(&x, k, s, p).unwrap();
