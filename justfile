@@ -34,6 +34,11 @@ clippy:
 # every crate test (unit, integration, doc)
 cargo-test:
     cargo test --locked
+    # the GEMM kernels chosen by CPU vendor (ops::cpu::packed_gemms_by_default), each one forced
+    IMGCLASS_WINO_GEMM=1 IMGCLASS_KXK_CV=1 cargo test --locked --lib winograd
+    IMGCLASS_WINO_GEMM=1 IMGCLASS_KXK_CV=1 cargo test --locked --test parity
+    IMGCLASS_WINO_GEMM=0 IMGCLASS_KXK_CV=0 cargo test --locked --lib winograd
+    IMGCLASS_WINO_GEMM=0 IMGCLASS_KXK_CV=0 cargo test --locked --test parity
 
 # the real torchvision weights of both models -> weights/ (needs internet)
 weights:

@@ -60,6 +60,40 @@ pub(crate) fn level() -> Level {
     })
 }
 
+/// Whether this CPU's vendor string is AMD's (`AuthenticAMD`, CPUID leaf 0).
+fn is_amd() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: CPUID leaf 0 exists on every x86-64 CPU.
+        #[allow(unused_unsafe)]
+        let r = unsafe { std::arch::x86_64::__cpuid(0) };
+        // "Auth" "enti" "cAMD" in EBX, EDX, ECX.
+        r.ebx == u32::from_le_bytes(*b"Auth")
+            && r.edx == u32::from_le_bytes(*b"enti")
+            && r.ecx == u32::from_le_bytes(*b"cAMD")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// A kernel switch read once from the environment variable `var`: `0` off, any other value on,
+/// unset `default`.
+pub(crate) fn switch(var: &str, default: bool) -> bool {
+    std::env::var(var).map_or(default, |v| v.trim() != "0")
+}
+
+/// The default of the two GEMM choices that depend on the CPU's memory system rather than on its
+/// instruction set: the Winograd GEMMs on the packed 1x1 kernel instead of the `gemm` crate, and
+/// Wide ResNet's 7x7-output 3x3 convolutions on the channel-vector kernel instead of im2col +
+/// `gemm` (`IMGCLASS_WINO_GEMM`, `IMGCLASS_KXK_CV` override it either way). Both read their
+/// input rows in place, where `gemm` first packs them into a contiguous block: faster on the AMD
+/// Zen 4 / Zen 5 hosts we measured, slower on the Intel Xeons (whole Wide ResNet passes there, both
+/// off against both on: 3-4% faster at batch 1, ~12% at batch 8), so on by default on AMD CPUs only.
+pub(crate) fn packed_gemms_by_default() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(is_amd)
+}
+
 /// Define `$name(args)` that runs `$body_fn(args)` compiled for the best SIMD level of the CPU.
 /// `$body_fn` must be `#[inline(always)]` so it is compiled inside each target-feature wrapper, and
 /// generic over `const FMA: bool` (true inside the AVX2/AVX-512 wrappers, see [`fmadd`]).

@@ -16,7 +16,8 @@
 //!   transformed form, the original dropped, in a [`WinogradWeight`] ([`conv2d_winograd`]: always
 //!   Winograd, for layers that never take another kernel); on AVX-512 CPUs its 16 GEMMs run on
 //!   the packed 1x1 kernel ([`packed1x1::gemm_serial`]) with the transformed weight packed at load
-//!   (`IMGCLASS_WINO_GEMM=0`, read once, keeps the `gemm` crate);
+//!   by default on AMD CPUs only, the `gemm` crate elsewhere ([`cpu::packed_gemms_by_default`];
+//!   `IMGCLASS_WINO_GEMM=0` / `=1`, read once, forces the `gemm` crate / the packed kernel);
 //!   `IMGCLASS_WINOGRAD=0` in the environment (read once) turns it off (the A/B switch for
 //!   benchmarks); `IMGCLASS_WINOGRAD=f4` also uses F(4x4,3x3) from 28x28 up (a little faster,
 //!   3x the rounding error);
@@ -28,8 +29,8 @@
 //! - Wide ResNet's 3x3 convolutions with 7x7 outputs on AVX-512 CPUs: the weight kept only in the
 //!   48-channel-vector layout over its im2col reduction ([`KxkCvWeight`], [`conv2d_kxk_cv`]):
 //!   im2col, then the reduction-blocked channel-vector kernel
-//!   ([`packed1x1::conv1x1_cv_deep`]); `IMGCLASS_KXK_CV=0` (read once) keeps them on
-//!   im2col + `gemm` (the A/B switch);
+//!   ([`packed1x1::conv1x1_cv_deep`]), by default on AMD CPUs only; `IMGCLASS_KXK_CV=0` / `=1`
+//!   (read once) forces im2col + `gemm` / the channel-vector kernel (the A/B switch);
 //! - MobileNetV3's 1x1 convolutions and SqueezeExcitation's 1x1-map convolutions on AVX-512
 //!   CPUs: register-blocked kernels with the epilogue in registers ([`pointwise`]); [`linear`]
 //!   (the classifier) as a fused GEMV there too; [`conv2d_se_scaled`] folds SqueezeExcitation's
@@ -490,11 +491,12 @@ pub fn conv2d_kxk_cv(
 }
 
 /// Whether Wide ResNet's 3x3 convolutions with 7x7 outputs keep their weight in the channel-vector
-/// layout ([`conv2d_kxk_cv`]) on AVX-512 CPUs (`IMGCLASS_KXK_CV=0`, read once, keeps them on
-/// im2col + `gemm`: the A/B switch).
+/// layout ([`conv2d_kxk_cv`]) on AVX-512 CPUs: by default on AMD CPUs only
+/// ([`cpu::packed_gemms_by_default`]); `IMGCLASS_KXK_CV=0` / `=1` (read once) forces im2col +
+/// `gemm` / the channel-vector kernel (the A/B switch).
 pub fn kxk_cv_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("IMGCLASS_KXK_CV").map_or(true, |v| v.trim() != "0"))
+    *ON.get_or_init(|| cpu::switch("IMGCLASS_KXK_CV", cpu::packed_gemms_by_default()))
 }
 
 /// `act(conv2d(x, w) + b [+ residual])` for a 1x1 stride-1 convolution whose weight is kept only

@@ -227,12 +227,15 @@ impl WinogradWeight {
 
 /// Whether the transformed weights of a layer with `o` output channels are kept as
 /// [`super::packed1x1::pack`]ed panels per element (`U[e]` = `[O/8][C][8]`) and its GEMMs run on
-/// [`super::packed1x1::gemm_serial`] (AVX-512 CPUs), instead of `U[e][o][c]` through `gemm`.
-/// Fixed for the process, so a weight transformed earlier always matches.
+/// [`super::packed1x1::gemm_serial`] (AVX-512 CPUs; by default on AMD CPUs only,
+/// [`super::cpu::packed_gemms_by_default`], `IMGCLASS_WINO_GEMM=0` / `=1` forces it off / on),
+/// instead of `U[e][o][c]` through `gemm`. Fixed for the process, so a weight transformed earlier
+/// always matches.
 pub(crate) fn packed_gemm(o: usize) -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("IMGCLASS_WINO_GEMM").map_or(true, |v| v.trim() != "0"))
-        && super::packed1x1::available(o)
+    *ON.get_or_init(|| {
+        super::cpu::switch("IMGCLASS_WINO_GEMM", super::cpu::packed_gemms_by_default())
+    }) && super::packed1x1::available(o)
 }
 
 /// `U[e][o][c] = (G w[o][c] G^T)[e]`, computed in f64 and rounded once; each `U[e]` packed when
