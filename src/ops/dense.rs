@@ -188,6 +188,14 @@ fn fill_row(dst: &mut [f32], src: &[f32], kh: usize, kw: usize, g: &Geometry) {
             let first = lo * s + kw - pad;
             if s == 1 {
                 d[lo..hi].copy_from_slice(&srow[first..][..hi - lo]);
+            } else if s == 2 {
+                // The stride-2 layers (Wide ResNet's downsampling convs), in a form that
+                // vectorises: every element but the last is the first of a pair inside the row.
+                let (head, last) = d[lo..hi].split_at_mut(hi - lo - 1);
+                for (v, pair) in head.iter_mut().zip(srow[first..].chunks_exact(2)) {
+                    *v = pair[0];
+                }
+                last[0] = srow[first + 2 * head.len()];
             } else {
                 for (i, v) in d[lo..hi].iter_mut().enumerate() {
                     *v = srow[first + i * s];

@@ -370,6 +370,13 @@ fn dense_kxk_matches_reference() {
         dense(2, 5, 10, 10, 3, 3, 1, 0),
         dense(3, 6, 13, 12, 5, 3, 3, 2),
         dense(1, 2, 4, 4, 3, 3, 2, 2),
+        // im2col's stride-2 gather on odd and even widths, padding 0-2, the last column of a row
+        // read alone (Wide ResNet's 14x14 -> 7x7 shape too)
+        dense(2, 8, 13, 11, 16, 3, 2, 0),
+        dense(1, 8, 15, 9, 8, 5, 2, 2),
+        dense(2, 16, 14, 14, 24, 3, 2, 1),
+        dense(1, 40, 7, 10, 8, 1, 2, 0),
+        dense(1, 8, 3, 2, 8, 3, 2, 1),
     ] {
         check(&case, Kernel::Dense);
     }
