@@ -81,9 +81,7 @@ impl Classifier {
     /// environment (read once) turns the split off (the A/B switch for benchmarks).
     pub fn batch_parts(&self, n: usize) -> usize {
         static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        let on = *ON.get_or_init(|| {
-            std::env::var("IMGCLASS_BATCH_SPLIT").map_or(true, |v| v.trim() != "0")
-        });
+        let on = *ON.get_or_init(|| crate::ops::env_switch("IMGCLASS_BATCH_SPLIT", true));
         match self.net {
             Net::MobileNetV3(_) if on => n.min(rayon::current_num_threads()).max(1),
             _ => 1,

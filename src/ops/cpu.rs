@@ -76,12 +76,6 @@ fn is_amd() -> bool {
     false
 }
 
-/// A kernel switch read once from the environment variable `var`: `0` off, any other value on,
-/// unset `default`.
-pub(crate) fn switch(var: &str, default: bool) -> bool {
-    std::env::var(var).map_or(default, |v| v.trim() != "0")
-}
-
 /// The default of the two GEMM choices that depend on the CPU's memory system rather than on its
 /// instruction set: the Winograd GEMMs on the packed 1x1 kernel instead of the `gemm` crate, and
 /// Wide ResNet's 7x7-output 3x3 convolutions on the channel-vector kernel instead of im2col +

@@ -215,7 +215,7 @@ pub const SPLIT_MIN_ROWS: usize = 512;
 
 fn split_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("IMGCLASS_GEMM_SPLIT").map_or(true, |v| v.trim() != "0"))
+    *ON.get_or_init(|| super::env_switch("IMGCLASS_GEMM_SPLIT", true))
 }
 
 /// `dst[m, n] = lhs[m, k] x rhs[k, n]`, all row-major and contiguous, on all rayon threads.

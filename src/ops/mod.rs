@@ -490,13 +490,19 @@ pub fn conv2d_kxk_cv(
     })
 }
 
+/// An A/B switch of the kernels, read from the environment variable `var` (callers read it once):
+/// `0` off, any other value on, unset `default`.
+pub(crate) fn env_switch(var: &str, default: bool) -> bool {
+    std::env::var(var).map_or(default, |v| v.trim() != "0")
+}
+
 /// Whether Wide ResNet's 3x3 convolutions with 7x7 outputs keep their weight in the channel-vector
 /// layout ([`conv2d_kxk_cv`]) on AVX-512 CPUs: by default on AMD CPUs only
 /// ([`cpu::packed_gemms_by_default`]); `IMGCLASS_KXK_CV=0` / `=1` (read once) forces im2col +
 /// `gemm` / the channel-vector kernel (the A/B switch).
 pub fn kxk_cv_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| cpu::switch("IMGCLASS_KXK_CV", cpu::packed_gemms_by_default()))
+    *ON.get_or_init(|| env_switch("IMGCLASS_KXK_CV", cpu::packed_gemms_by_default()))
 }
 
 /// `act(conv2d(x, w) + b [+ residual])` for a 1x1 stride-1 convolution whose weight is kept only
@@ -533,7 +539,7 @@ pub fn conv2d_pointwise(
 /// environment turns it off (the A/B switch for benchmarks); read once per process.
 pub fn pack1x1_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("IMGCLASS_PACK1X1").map_or(true, |v| v.trim() != "0"))
+    *ON.get_or_init(|| env_switch("IMGCLASS_PACK1X1", true))
 }
 
 /// Whether MobileNetV3's inverted residuals may run fused ([`inverted_residual`]):
@@ -541,7 +547,7 @@ pub fn pack1x1_enabled() -> bool {
 /// per process.
 pub fn fuse_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("IMGCLASS_FUSE").map_or(true, |v| v.trim() != "0"))
+    *ON.get_or_init(|| env_switch("IMGCLASS_FUSE", true))
 }
 
 /// Smallest input map (pixels) [`inverted_residual`] fuses: below it the block's intermediate

@@ -234,7 +234,7 @@ impl WinogradWeight {
 pub(crate) fn packed_gemm(o: usize) -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| {
-        super::cpu::switch("IMGCLASS_WINO_GEMM", super::cpu::packed_gemms_by_default())
+        super::env_switch("IMGCLASS_WINO_GEMM", super::cpu::packed_gemms_by_default())
     }) && super::packed1x1::available(o)
 }
 
