@@ -9,11 +9,10 @@
 
 use candle_core::{Device, Tensor};
 use imgclass::ops::{self, Activation, ConvParams, Kernel, KxkCvWeight, PreparedWeight};
-use std::time::Instant;
 
 #[path = "common/ab.rs"]
 mod ab;
-use ab::{arg, oncpu_ms};
+use ab::{arg, interleave, min_median, oncpu_ms};
 
 fn main() -> candle_core::Result<()> {
     let (batch, rounds) = (arg(1, 1), arg(2, 15).max(1));
@@ -59,27 +58,11 @@ fn main() -> candle_core::Result<()> {
             };
             let (a, bb) = (run(false)?, run(true)?);
             let diff = (a - bb)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
-            let mut times = [Vec::new(), Vec::new()];
-            for _ in 0..rounds {
-                for (t, cv) in times.iter_mut().zip([false, true]) {
-                    let reps = 6;
-                    let (w0, c0) = (Instant::now(), oncpu_ms().unwrap_or(0.0));
-                    for _ in 0..reps {
-                        run(cv)?;
-                    }
-                    let ms = if cpu {
-                        oncpu_ms().unwrap_or(0.0) - c0
-                    } else {
-                        w0.elapsed().as_secs_f64() * 1e3
-                    };
-                    t.push(ms / reps as f64);
-                }
-            }
-            let mut line = format!("batch {batch} {ch}ch@{hw}/{stride} (max |diff| {diff:.1e}):");
-            for (t, name) in times.iter_mut().zip(["gemm", "cv"]) {
-                t.sort_by(f64::total_cmp);
-                line += &format!("  {name} min {:.2} med {:.2}", t[0], t[t.len() / 2]);
-            }
+            let mut times = interleave(rounds, &[false, true], cpu, |cv| run(cv).map(drop))?;
+            let line = format!(
+                "batch {batch} {ch}ch@{hw}/{stride} (max |diff| {diff:.1e}):{}",
+                min_median(&["gemm", "cv"], &mut times)
+            );
             println!("{line}");
         }
         Ok(())

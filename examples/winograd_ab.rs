@@ -9,11 +9,10 @@
 
 use candle_core::{Device, Tensor};
 use imgclass::ops::{self, winograd::Tile, Activation, ConvParams, Kernel, PreparedWeight};
-use std::time::Instant;
 
 #[path = "common/ab.rs"]
 mod ab;
-use ab::{arg, oncpu_ms};
+use ab::{arg, interleave, min_median, oncpu_ms};
 
 fn main() -> candle_core::Result<()> {
     let (batch, rounds) = (arg(1, 1), arg(2, 15).max(1));
@@ -52,27 +51,13 @@ fn main() -> candle_core::Result<()> {
             for &(_, k) in &kernels {
                 run(k)?;
             }
-            let mut times = vec![Vec::new(); kernels.len()];
-            for _ in 0..rounds {
-                for (t, &(_, k)) in times.iter_mut().zip(&kernels) {
-                    let reps = 6;
-                    let (w0, c0) = (Instant::now(), oncpu_ms().unwrap_or(0.0));
-                    for _ in 0..reps {
-                        run(k)?;
-                    }
-                    let ms = if cpu {
-                        oncpu_ms().unwrap_or(0.0) - c0
-                    } else {
-                        w0.elapsed().as_secs_f64() * 1e3
-                    };
-                    t.push(ms / reps as f64);
-                }
-            }
-            let mut line = format!("batch {batch} {ch}ch@{hw}:");
-            for (t, (name, _)) in times.iter_mut().zip(&kernels) {
-                t.sort_by(f64::total_cmp);
-                line += &format!("  {name} min {:.2} med {:.2}", t[0], t[t.len() / 2]);
-            }
+            let ks: Vec<Kernel> = kernels.iter().map(|&(_, k)| k).collect();
+            let names: Vec<&str> = kernels.iter().map(|&(name, _)| name).collect();
+            let mut times = interleave(rounds, &ks, cpu, |k| run(k).map(drop))?;
+            let line = format!(
+                "batch {batch} {ch}ch@{hw}:{}",
+                min_median(&names, &mut times)
+            );
             println!("{line}");
         }
         Ok(())

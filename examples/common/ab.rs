@@ -1,5 +1,6 @@
 //! Helpers shared by the interleaved A/B examples (`pack1x1_ab`, `winograd_ab`, `kxk_cv_ab`),
-//! included with `#[path = "common/ab.rs"] mod ab;`.
+//! included with `#[path = "common/ab.rs"] mod ab;` (not every example uses every helper).
+#![allow(dead_code)]
 
 /// This thread's on-CPU time in ms, if the kernel reports it (/proc/thread-self/schedstat).
 pub fn oncpu_ms() -> Option<f64> {
@@ -13,4 +14,42 @@ pub fn arg(i: usize, default: usize) -> usize {
         .nth(i)
         .and_then(|s| s.parse().ok())
         .unwrap_or(default)
+}
+
+/// Interleaved A/B timing: `rounds` rounds, each timing every variant in turn over 6 calls of
+/// `run(variant)`; per variant the mean ms per call of each round. Wall time, or this thread's
+/// on-CPU time when `cpu`.
+pub fn interleave<K: Copy, E>(
+    rounds: usize,
+    variants: &[K],
+    cpu: bool,
+    mut run: impl FnMut(K) -> Result<(), E>,
+) -> Result<Vec<Vec<f64>>, E> {
+    const REPS: usize = 6;
+    let mut times = vec![Vec::with_capacity(rounds); variants.len()];
+    for _ in 0..rounds {
+        for (t, &v) in times.iter_mut().zip(variants) {
+            let (w0, c0) = (std::time::Instant::now(), oncpu_ms().unwrap_or(0.0));
+            for _ in 0..REPS {
+                run(v)?;
+            }
+            let ms = if cpu {
+                oncpu_ms().unwrap_or(0.0) - c0
+            } else {
+                w0.elapsed().as_secs_f64() * 1e3
+            };
+            t.push(ms / REPS as f64);
+        }
+    }
+    Ok(times)
+}
+
+/// `"  name min M med D"` for each variant's [`interleave`] times.
+pub fn min_median(names: &[&str], times: &mut [Vec<f64>]) -> String {
+    let mut line = String::new();
+    for (t, name) in times.iter_mut().zip(names) {
+        t.sort_by(f64::total_cmp);
+        line += &format!("  {name} min {:.2} med {:.2}", t[0], t[t.len() / 2]);
+    }
+    line
 }
