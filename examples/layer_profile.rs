@@ -6,6 +6,12 @@
 //! `PointwiseWeight`, as the model, unless `IMGCLASS_PACK1X1=0`).
 //!
 //!     cargo run --release --example layer_profile -- [wrn] [batch] [iters]
+//!
+//! `INTERLEAVE=hot` (Wide ResNet only): after every whole pass, each layer is also run twice and
+//! the second run timed, so "in pass" and "hot" are measured side by side under the same host
+//! load; `INTERLEAVE=after` times each layer right after one run of the layer before it instead
+//! (if that matches "in pass", what slows a layer inside the pass is the state its predecessor
+//! leaves in the caches, not the rest of the pass).
 use candle_core::{Device, Result, Tensor};
 use imgclass::models::mobilenet_v3::{make_divisible, MOBILENET_V3_LARGE_BLOCKS};
 use imgclass::ops::{self, Activation, ConvParams};
@@ -299,6 +305,8 @@ fn run_wrn(n: usize, iters: usize) -> Result<()> {
         )?;
     }
     let mut seq = vec![Vec::with_capacity(iters); layers.len()];
+    let mut hot = vec![Vec::with_capacity(iters); layers.len()];
+    let interleave = std::env::var("INTERLEAVE").ok();
     for _ in 0..iters {
         for (l, times) in layers.iter().zip(seq.iter_mut()) {
             let t0 = Instant::now();
@@ -306,6 +314,36 @@ fn run_wrn(n: usize, iters: usize) -> Result<()> {
             times.push(t0.elapsed().as_secs_f64() * 1e3);
             drop(y);
         }
+        if let Some(mode) = &interleave {
+            for (i, (l, times)) in layers.iter().zip(hot.iter_mut()).enumerate() {
+                if mode == "after" && i > 0 {
+                    drop(layers[i - 1].run(&acts)?);
+                } else {
+                    drop(l.run(&acts)?);
+                }
+                let t0 = Instant::now();
+                let y = l.run(&acts)?;
+                times.push(t0.elapsed().as_secs_f64() * 1e3);
+                drop(y);
+            }
+        }
+    }
+    if let Some(mode) = &interleave {
+        let (mut a, mut b) = (0.0, 0.0);
+        for ((l, mut s), mut h) in layers.iter().zip(seq.clone()).zip(hot) {
+            s.sort_by(f64::total_cmp);
+            h.sort_by(f64::total_cmp);
+            let (ms, mh) = (s[s.len() / 2], h[h.len() / 2]);
+            a += ms;
+            b += mh;
+            println!(
+                "{:<34} in pass {ms:7.3} ms, {mode} {mh:7.3} ms, diff {:6.3}",
+                l.name,
+                ms - mh
+            );
+        }
+        println!("sum: in pass {a:.3} ms, {mode} {b:.3} ms (batch {n})");
+        return Ok(());
     }
     let mut t = Timer {
         rows: Vec::new(),
