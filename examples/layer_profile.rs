@@ -7,11 +7,10 @@
 //!
 //!     cargo run --release --example layer_profile -- [wrn] [batch] [iters]
 //!
-//! `INTERLEAVE=hot` (Wide ResNet only): after every whole pass, each layer is also run twice and
-//! the second run timed, so "in pass" and "hot" are measured side by side under the same host
-//! load; `INTERLEAVE=after` times each layer right after one run of the layer before it instead
-//! (if that matches "in pass", what slows a layer inside the pass is the state its predecessor
-//! leaves in the caches, not the rest of the pass).
+//! `INTERLEAVE=1` (Wide ResNet only): after every whole pass, each layer is also run twice and the
+//! second run timed ("hot": its weights and input in cache), so the time each layer loses inside the
+//! pass is measured side by side with its hot time, under the same host load. Inside the pass each
+//! layer reads the fresh outputs of the layers before it, as in the model.
 use candle_core::{Device, Result, Tensor};
 use imgclass::models::mobilenet_v3::{make_divisible, MOBILENET_V3_LARGE_BLOCKS};
 use imgclass::ops::{self, Activation, ConvParams};
@@ -195,7 +194,8 @@ impl WrnLayer {
 
 /// Wide ResNet's convolutions, each timed alone (hot: its weights and input stay in cache across
 /// iterations) and inside whole sequential passes (as in the model: every layer's weights come back
-/// from memory), so the difference shows where weight streaming costs.
+/// from memory, and it reads the fresh outputs of the layers before it), so the difference shows
+/// what a layer loses to the pass around it.
 fn run_wrn(n: usize, iters: usize) -> Result<()> {
     use imgclass::models::resnet::ResNetConfig;
     let mut layers: Vec<WrnLayer> = Vec::new();
@@ -306,21 +306,21 @@ fn run_wrn(n: usize, iters: usize) -> Result<()> {
     }
     let mut seq = vec![Vec::with_capacity(iters); layers.len()];
     let mut hot = vec![Vec::with_capacity(iters); layers.len()];
-    let interleave = std::env::var("INTERLEAVE").ok();
+    let interleave = std::env::var_os("INTERLEAVE").is_some();
     for _ in 0..iters {
+        // As in the model, each layer reads the fresh outputs of the layers before it (not the
+        // activations stored when the sequence was built, long out of cache by then).
+        let mut fresh = vec![acts[0].clone()];
         for (l, times) in layers.iter().zip(seq.iter_mut()) {
             let t0 = Instant::now();
-            let y = l.run(&acts)?;
+            let y = l.run(&fresh)?;
             times.push(t0.elapsed().as_secs_f64() * 1e3);
-            drop(y);
+            fresh.push(y);
         }
-        if let Some(mode) = &interleave {
-            for (i, (l, times)) in layers.iter().zip(hot.iter_mut()).enumerate() {
-                if mode == "after" && i > 0 {
-                    drop(layers[i - 1].run(&acts)?);
-                } else {
-                    drop(l.run(&acts)?);
-                }
+        drop(fresh);
+        if interleave {
+            for (l, times) in layers.iter().zip(hot.iter_mut()) {
+                drop(l.run(&acts)?);
                 let t0 = Instant::now();
                 let y = l.run(&acts)?;
                 times.push(t0.elapsed().as_secs_f64() * 1e3);
@@ -328,7 +328,7 @@ fn run_wrn(n: usize, iters: usize) -> Result<()> {
             }
         }
     }
-    if let Some(mode) = &interleave {
+    if interleave {
         let (mut a, mut b) = (0.0, 0.0);
         for ((l, mut s), mut h) in layers.iter().zip(seq.clone()).zip(hot) {
             s.sort_by(f64::total_cmp);
@@ -337,12 +337,12 @@ fn run_wrn(n: usize, iters: usize) -> Result<()> {
             a += ms;
             b += mh;
             println!(
-                "{:<34} in pass {ms:7.3} ms, {mode} {mh:7.3} ms, diff {:6.3}",
+                "{:<34} in pass {ms:7.3} ms, hot {mh:7.3} ms, diff {:6.3}",
                 l.name,
                 ms - mh
             );
         }
-        println!("sum: in pass {a:.3} ms, {mode} {b:.3} ms (batch {n})");
+        println!("sum: in pass {a:.3} ms, hot {b:.3} ms (batch {n})");
         return Ok(());
     }
     let mut t = Timer {
