@@ -1,7 +1,8 @@
 //! The packed 1x1 kernel with its input and weights hot against the same call after `MB` MB of
 //! other memory traffic on both threads (96 by default: larger than the L3, so input and weights
-//! come back from memory, as for every layer inside `layer_profile`'s pass, whose layers read the
-//! activations stored when the sequence was built).
+//! come back from memory; 16 leaves the input in L3). It showed that `layer_profile`'s pass, while
+//! it fed every layer an activation stored long before, overstated what a layer loses in the model's
+//! pass (see the README's latest Zen 5 section).
 //!
 //!     cargo run --release --example evict1x1 -- [MB]
 //!
@@ -10,19 +11,9 @@ use imgclass::ops::{packed1x1, Activation};
 use rayon::prelude::*;
 use std::time::Instant;
 
-fn rnd(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        })
-        .collect()
-}
+#[path = "common/ab.rs"]
+mod ab;
+use ab::rnd;
 
 fn main() {
     let shapes: &[(usize, usize, usize)] = &[

@@ -12,21 +12,7 @@ use std::time::Instant;
 
 #[path = "common/ab.rs"]
 mod ab;
-use ab::{arg, oncpu_ms};
-
-fn rnd(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        })
-        .collect()
-}
+use ab::{arg, oncpu_ms, rnd};
 
 /// (name, K, O, side, residual)
 const SHAPES: &[(&str, usize, usize, usize, bool)] = &[

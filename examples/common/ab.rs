@@ -1,4 +1,5 @@
-//! Helpers shared by the interleaved A/B examples (`pack1x1_ab`, `winograd_ab`, `kxk_cv_ab`),
+//! Helpers shared by the interleaved A/B examples (`pack1x1_ab`, `winograd_ab`, `kxk_cv_ab`,
+//! `evict1x1`),
 //! included with `#[path = "common/ab.rs"] mod ab;` (not every example uses every helper).
 #![allow(dead_code)]
 
@@ -52,4 +53,19 @@ pub fn min_median(names: &[&str], times: &mut [Vec<f64>]) -> String {
         line += &format!("  {name} min {:.2} med {:.2}", t[0], t[t.len() / 2]);
     }
     line
+}
+
+/// `len` pseudo-random values in [-0.5, 0.5), the same for the same `seed`.
+pub fn rnd(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        })
+        .collect()
 }
