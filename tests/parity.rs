@@ -133,6 +133,16 @@ fn logits_match_torchvision_on_the_fixed_input(kind: ModelKind) {
         );
         assert_eq!(top5(&got[r]), expected_top5(kind, &format!("input.{r}")));
         assert_eq!(top5(&want[r]), expected_top5(kind, &format!("input.{r}")));
+        // The same image alone: batch 1 takes kernels of its own (e.g. the channel-vector 1x1
+        // kernel on MobileNetV3's 7x7 maps), which must agree with torchvision too.
+        let one = m.forward(&x.narrow(0, r, 1).unwrap()).unwrap();
+        let one = one.to_vec2::<f32>().unwrap().remove(0);
+        let d1 = max_abs_diff(&one, &want[r]);
+        eprintln!("{kind}: parity.input[{r}] alone: max |Δlogit| = {d1:.3e} vs torchvision f64");
+        assert!(
+            d1 <= TOLERANCE,
+            "{kind} input {r} at batch 1: max |Δlogit| {d1} > {TOLERANCE}"
+        );
     }
 }
 

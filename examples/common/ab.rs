@@ -50,7 +50,7 @@ pub fn min_median(names: &[&str], times: &mut [Vec<f64>]) -> String {
     let mut line = String::new();
     for (t, name) in times.iter_mut().zip(names) {
         t.sort_by(f64::total_cmp);
-        line += &format!("  {name} min {:.2} med {:.2}", t[0], t[t.len() / 2]);
+        line += &format!("  {name} min {:.3} med {:.3}", t[0], t[t.len() / 2]);
     }
     line
 }

@@ -5,6 +5,7 @@
 //! (last conv), `classifier.0` / `classifier.3` (Linear; `.1` Hardswish and `.2` Dropout have no weights).
 
 use super::{global_avg_pool, ConvBnConfig, FoldedConv};
+use crate::models::classifier::INPUT_SIZE;
 use crate::ops::{self, Activation, ConvParams};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -242,6 +243,14 @@ impl Conv2dNormActivation {
         })
     }
 
+    /// See [`FoldedConv::pack_for_small_maps`] (`pixels`: the map this conv sees at imgclass's
+    /// input size; only 1x1 convs on small maps are affected).
+    pub fn pack_for_small_maps(self, pixels: usize) -> Result<Self> {
+        Ok(Self {
+            conv: self.conv.pack_for_small_maps(pixels)?,
+        })
+    }
+
     pub fn forward_with(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
         self.conv.forward_with(x, residual)
     }
@@ -348,6 +357,9 @@ pub struct InvertedResidual {
 pub struct InvertedResidualSpec {
     pub block: InvertedResidualConfig,
     pub bn_eps: f64,
+    /// The side of the block's input feature map at imgclass's input size (the 1x1 convs on
+    /// small maps also keep a packed weight: [`FoldedConv::pack_for_small_maps`]).
+    pub side: usize,
 }
 
 impl InvertedResidual {
@@ -367,7 +379,15 @@ impl InvertedResidual {
                     )?)
                 }
                 BlockLayer::Conv(c) => {
-                    let layer = Some(Conv2dNormActivation::new(vb.pp(m), c)?);
+                    // The expand conv sees the block's input map, the project conv its output.
+                    let side = if c.groups > 1 || c.act != Activation::None {
+                        spec.side
+                    } else {
+                        spec.side.div_ceil(cfg.stride.max(1))
+                    };
+                    let layer = Some(
+                        Conv2dNormActivation::new(vb.pp(m), c)?.pack_for_small_maps(side * side)?,
+                    );
                     if c.groups > 1 {
                         depthwise = layer;
                     } else if c.act == Activation::None {
@@ -462,22 +482,21 @@ impl MobileNetV3 {
     pub fn new(vb: VarBuilder, cfg: &MobileNetV3Config) -> Result<Self> {
         let features = vb.pp("features");
         let stem = Conv2dNormActivation::new(features.pp(0), &cfg.stem())?;
-        let blocks = cfg
-            .blocks
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                InvertedResidual::new(
-                    features.pp(i + 1),
-                    &InvertedResidualSpec {
-                        block: *b,
-                        bn_eps: cfg.bn_eps,
-                    },
-                )
-            })
-            .collect::<Result<Vec<_>>>()?;
+        // The feature map's side at imgclass's input size, block by block.
+        let mut side = INPUT_SIZE.div_ceil(cfg.stem().stride);
+        let mut blocks = Vec::with_capacity(cfg.blocks.len());
+        for (i, b) in cfg.blocks.iter().enumerate() {
+            let spec = InvertedResidualSpec {
+                block: *b,
+                bn_eps: cfg.bn_eps,
+                side,
+            };
+            blocks.push(InvertedResidual::new(features.pp(i + 1), &spec)?);
+            side = side.div_ceil(b.stride.max(1));
+        }
         let last_conv =
-            Conv2dNormActivation::new(features.pp(cfg.blocks.len() + 1), &cfg.last_conv())?;
+            Conv2dNormActivation::new(features.pp(cfg.blocks.len() + 1), &cfg.last_conv())?
+                .pack_for_small_maps(side * side)?;
         let classifier = vb.pp("classifier");
         let fc1 = LinearLayer::new(classifier.pp(0), cfg.last_conv_channels, cfg.last_channel)?;
         let fc2 = LinearLayer::new(classifier.pp(3), cfg.last_channel, cfg.num_classes)?;
