@@ -456,7 +456,7 @@ pub fn cv_applies(g: &Geometry, has_res: bool) -> bool {
 /// wasted on narrow planes; register blocks of [`CV_PX`] pixels x 16 channels, bias and activation
 /// applied in registers, stored pixel by pixel into a small stash, then written back to the NCHW
 /// planes 16 pixels at a time (one 16x16 transpose per 16 outputs across rows; a transpose per
-/// 7-pixel block took 18-25% more time on the Zen 4 of the README at batch 8). The input is
+/// 7-pixel block took 18-22% more time on the README's Zen 4, batches 1 and 8). The input is
 /// interleaved 16 pixels of the plane at a time too. The caller checks [`cv_applies`].
 pub fn depthwise_cv(
     x: &[f32],
