@@ -249,6 +249,7 @@ pub(crate) fn global_avg_pool(x: &Tensor) -> CResult<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::tests::max_diff;
     use candle_core::Device;
     use std::collections::HashMap;
 
@@ -277,20 +278,6 @@ mod tests {
             act,
         };
         FoldedConv::new(vb.pp("c"), vb.pp("bn"), &cfg).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        assert_eq!(a.dims(), b.dims());
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
     }
 
     /// The packed copy of a 1x1 conv on a small map gives the plain conv's result (one image, with

@@ -845,4 +845,4 @@ pub mod reference {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -447,7 +447,8 @@ fn max_abs(t: &Tensor) -> f32 {
         .unwrap()
 }
 
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+/// Largest |a - b| (same shapes).
+pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
     (a - b)
         .unwrap()
