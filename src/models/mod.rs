@@ -105,8 +105,8 @@ pub struct FoldedConv {
     bias: Tensor,
     params: ConvParams,
     act: Activation,
-    /// A copy of a 1x1 stride-1 weight packed in the channel-vector layout, for one image on a
-    /// small map ([`FoldedConv::pack_for_small_maps`]).
+    /// A copy of a 1x1 stride-1 weight packed in the channel-vector layout, for small maps
+    /// ([`FoldedConv::pack_for_small_maps`]).
     small_map: Option<ops::PointwiseWeight>,
 }
 
@@ -146,10 +146,11 @@ impl FoldedConv {
     /// Also keep the weight of this 1x1 stride-1 conv packed in the channel-vector layout
     /// ([`ops::packed1x1::Layout::ChannelVectors`]), if the CPU runs it and the conv sees a map of
     /// `pixels` pixels (at imgclass's input size) below [`ops::packed1x1::PANELS8_MIN_PIXELS`]:
-    /// one image on such a map then runs on that kernel (MobileNetV3's 7x7 layers: 48 channels x
-    /// 7 pixels per register block, no lane lost on 49 pixels; 10-25% less time per layer than
-    /// `gemm` / `pointwise::conv1x1` at batch 1, measured by `examples/mnv3_7x7_ab.rs`). Batches
-    /// keep the plain weight (the kernels `ops` picks measured even or faster there). Off with
+    /// such maps then run on that kernel (MobileNetV3's 7x7 layers: 48 channels x 7 pixels per
+    /// register block, no lane lost on 49 pixels; measured by `examples/mnv3_7x7_ab.rs` against
+    /// `gemm` / `pointwise::conv1x1`: 10-25% less time per layer at batch 1 on two threads, 5-25%
+    /// at batches 2 and 4 on one thread, which is how MobileNetV3 runs batches: one part per
+    /// thread, `Classifier::batch_parts`). Larger maps keep the plain weight. Off with
     /// `IMGCLASS_PACK1X1=0`.
     pub fn pack_for_small_maps(mut self, pixels: usize) -> CResult<Self> {
         let p = self.params;
@@ -171,10 +172,10 @@ impl FoldedConv {
         Ok(self)
     }
 
-    /// The packed copy, if this input is one image on a small map.
+    /// The packed copy, if this input is a small map.
     fn small_map_for(&self, x: &Tensor) -> Option<&ops::PointwiseWeight> {
-        let (n, _, h, w) = x.dims4().ok()?;
-        (n == 1 && h * w < ops::packed1x1::PANELS8_MIN_PIXELS)
+        let (_, _, h, w) = x.dims4().ok()?;
+        (h * w < ops::packed1x1::PANELS8_MIN_PIXELS)
             .then_some(self.small_map.as_ref())
             .flatten()
     }
@@ -281,7 +282,8 @@ mod tests {
     }
 
     /// The packed copy of a 1x1 conv on a small map gives the plain conv's result (one image, with
-    /// and without residual and SqueezeExcitation scale), and batches and larger maps are unchanged.
+    /// and without residual and SqueezeExcitation scale), on one image and a batch, 7x7 and 9x9 maps
+    /// (and 14x14, which keeps the plain weight).
     #[test]
     fn small_map_packing_matches_the_plain_conv() {
         let dev = Device::Cpu;
