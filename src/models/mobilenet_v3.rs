@@ -379,18 +379,19 @@ impl InvertedResidual {
                     )?)
                 }
                 BlockLayer::Conv(c) => {
-                    // The expand conv sees the block's input map, the project conv its output.
-                    let side = if c.groups > 1 || c.act != Activation::None {
-                        spec.side
-                    } else {
+                    let is_project = c.groups == 1 && c.act == Activation::None;
+                    // The project conv sees the block's output map, the others its input map.
+                    let side = if is_project {
                         spec.side.div_ceil(cfg.stride.max(1))
+                    } else {
+                        spec.side
                     };
                     let layer = Some(
                         Conv2dNormActivation::new(vb.pp(m), c)?.pack_for_small_maps(side * side)?,
                     );
                     if c.groups > 1 {
                         depthwise = layer;
-                    } else if c.act == Activation::None {
+                    } else if is_project {
                         project = layer;
                     } else {
                         expand = layer;
@@ -536,5 +537,46 @@ mod tests {
         assert_eq!(make_divisible(168.0, 8), 168);
         assert_eq!(make_divisible(240.0, 8), 240);
         assert_eq!(make_divisible(3.0, 8), 8);
+    }
+
+    /// Exactly the 1x1 convs on 7x7 maps keep a channel-vector packed copy (where the CPU runs
+    /// it): block 13's project conv, blocks 14 and 15's expand and project convs, the last conv.
+    #[test]
+    fn only_the_7x7_pointwise_convs_keep_a_packed_copy() {
+        use crate::models::ModelKind;
+        let tensors = crate::weights::synthetic::generate(ModelKind::MobilenetV3Large);
+        let vb =
+            VarBuilder::from_tensors(tensors, candle_core::DType::F32, &candle_core::Device::Cpu);
+        let m = MobileNetV3::new(vb, &MobileNetV3Config::large()).unwrap();
+        let packed = |c: &Conv2dNormActivation| c.conv.small_map.is_some();
+        let mut got = Vec::new();
+        for (i, b) in m.blocks.iter().enumerate() {
+            assert!(!packed(&b.depthwise), "block {i} depthwise");
+            if b.expand.as_ref().is_some_and(packed) {
+                got.push(format!("{i}.expand"));
+            }
+            if packed(&b.project) {
+                got.push(format!("{i}.project"));
+            }
+        }
+        if packed(&m.last_conv) {
+            got.push("last".to_string());
+        }
+        let supported =
+            ops::PointwiseWeight::supported(160, ops::packed1x1::Layout::ChannelVectors)
+                && ops::pack1x1_enabled();
+        let want: Vec<&str> = if supported {
+            vec![
+                "12.project",
+                "13.expand",
+                "13.project",
+                "14.expand",
+                "14.project",
+                "last",
+            ]
+        } else {
+            Vec::new()
+        };
+        assert_eq!(got, want);
     }
 }
