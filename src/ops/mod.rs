@@ -58,6 +58,7 @@ pub mod packed1x1;
 pub mod pointwise;
 pub mod pool;
 pub mod resize;
+pub mod sched;
 mod stem;
 pub mod winograd;
 

@@ -1,12 +1,13 @@
 //! `POST /classify` (and `POST /`): request parsing, body limits, decoding off the runtime,
 //! inference through the engines, and the full profile's in-process fallback.
 
-use super::config::{Fault, Profile};
+use super::config::{DecodePriority, Fault, Profile};
 use super::engine::EngineError;
 use super::state::AppState;
 use super::status::ApiError;
 use crate::labels::Prediction;
 use crate::models::ModelKind;
+use crate::ops::sched::IdlePriority;
 use crate::preprocess::{preprocess, Transform};
 use crate::Error;
 use bytes::{Bytes, BytesMut};
@@ -191,9 +192,12 @@ async fn preprocess_off_runtime(
         Err(_) => return Err(ApiError::Timeout),
     };
     let limits = state.settings.decode_limits;
+    let idle = state.settings.decode_priority == DecodePriority::Idle;
     let hist = state.metrics.preprocess_duration.clone();
     let task = tokio::task::spawn_blocking(move || {
         let _permit = permit;
+        // Restored when the task ends: the blocking pool's thread may run other work next.
+        let _priority = if idle { IdlePriority::enter() } else { None };
         let t = std::time::Instant::now();
         let r = preprocess(&bytes, &limits, &Transform::IMAGENET);
         hist.observe(t.elapsed().as_secs_f64());

@@ -54,12 +54,46 @@ impl Profile {
         }
     }
 
+    /// `--decode-priority` when not given: lite `idle` (its passes take a few ms: a decoder that
+    /// waits for one costs little, and one that preempts it stalls both compute threads; lite
+    /// ~183 → ~211 req/s with per-thread arenas), full `normal` (a Wide ResNet pass takes
+    /// 100–300 ms: a decoder waiting for it adds that to its request's latency; measured p99
+    /// 378–395 → 438–587 ms, no more requests per second).
+    ///
+    /// `--malloc-arenas` when not given (see [`crate::ops::alloc`]): full 1 (one arena bounds
+    /// the resident set: 424 MiB right after a load against 486–498 MiB with glibc's per-thread
+    /// arenas, over the 450 MB budget), lite 0 = glibc's default (per-thread arenas: ~8% more
+    /// requests per second, 62 MiB under load).
+    pub fn default_decode_priority(self) -> DecodePriority {
+        match self {
+            Profile::Full => DecodePriority::Normal,
+            Profile::Lite => DecodePriority::Idle,
+        }
+    }
+
+    pub fn default_malloc_arenas(self) -> usize {
+        match self {
+            Profile::Full => 1,
+            Profile::Lite => 0,
+        }
+    }
+
     /// Every model this profile loads.
     pub fn models(self) -> Vec<ModelKind> {
         let mut v = vec![self.primary()];
         v.extend(self.fallback());
         v
     }
+}
+
+/// Scheduling priority of the image decoders (`--decode-priority`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DecodePriority {
+    /// Linux `SCHED_IDLE`: decode only on cores the forward passes leave idle (the default).
+    Idle,
+    /// The same priority as inference.
+    Normal,
 }
 
 /// Fault injection for the ingress tests (`--fault`).
@@ -143,10 +177,23 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 0, env = "IMGCLASS_THREADS")]
     pub threads: usize,
 
-    /// Images decoded at once (on the blocking pool). 0: half the compute threads, at least 1
-    /// (decoding beside a parallel forward pass preempts its kernels).
+    /// Images decoded at once (on the blocking pool). 0: as many as compute threads with
+    /// `--decode-priority idle` (decoders then only use the cores inference leaves idle), half of
+    /// them (at least 1) with `normal` (a decoder beside a forward pass preempts its kernels).
     #[arg(long, default_value_t = 0, env = "IMGCLASS_DECODE_THREADS")]
     pub decode_threads: usize,
+
+    /// Scheduling priority of image decoding: `idle` (Linux `SCHED_IDLE`: a decoder never preempts
+    /// a forward pass, and takes every core the passes leave idle) or `normal`.
+    /// Default: `idle` for the lite profile, `normal` for full (whose passes are long).
+    #[arg(long, value_enum, env = "IMGCLASS_DECODE_PRIORITY")]
+    pub decode_priority: Option<DecodePriority>,
+
+    /// glibc malloc arenas (`M_ARENA_MAX`): 1 shares one arena between all threads (smallest
+    /// resident set), 0 keeps glibc's default (one per thread, up to 8 per core: fastest).
+    /// Default: 1 for the full profile, 0 for lite.
+    #[arg(long, env = "IMGCLASS_MALLOC_ARENAS")]
+    pub malloc_arenas: Option<usize>,
 
     /// Keep the compute pool's threads spinning during a forward pass instead of sleeping between
     /// kernels (faster passes, but the spinning takes CPU from JPEG decoding: off by default here).
@@ -221,6 +268,9 @@ pub struct Settings {
     pub retry_after_secs: u64,
     pub threads: usize,
     pub decode_threads: usize,
+    pub decode_priority: DecodePriority,
+    /// `M_ARENA_MAX` (0: glibc's default).
+    pub malloc_arenas: usize,
     pub spin: bool,
     pub json_logs: bool,
     pub log: String,
@@ -274,6 +324,11 @@ impl Settings {
         at_most("max-concurrent", a.max_concurrent as u64, 65_536)?;
         at_most("threads", a.threads as u64, 1024)?;
         at_most("decode-threads", a.decode_threads as u64, 1024)?;
+        let malloc_arenas = a.malloc_arenas.unwrap_or(a.profile.default_malloc_arenas());
+        at_most("malloc-arenas", malloc_arenas as u64, 1024)?;
+        let decode_priority = a
+            .decode_priority
+            .unwrap_or(a.profile.default_decode_priority());
         at_most("primary-deadline-ms", a.primary_deadline_ms, DAY_MS)?;
         at_most("header-read-timeout-ms", a.header_read_timeout_ms, DAY_MS)?;
         at_most("request-timeout-ms", a.request_timeout_ms, DAY_MS)?;
@@ -302,11 +357,13 @@ impl Settings {
             shutdown_grace: Duration::from_millis(a.shutdown_grace_ms),
             retry_after_secs: a.retry_after_secs,
             threads,
-            decode_threads: if a.decode_threads == 0 {
-                (threads / 2).max(1)
-            } else {
-                a.decode_threads
+            decode_threads: match (a.decode_threads, decode_priority) {
+                (0, DecodePriority::Idle) => threads,
+                (0, DecodePriority::Normal) => (threads / 2).max(1),
+                (n, _) => n,
             },
+            decode_priority,
+            malloc_arenas,
             spin: a.spin,
             json_logs: a.json_logs,
             log: a.log.clone(),
@@ -369,6 +426,7 @@ mod tests {
             "--max-concurrent",
             "--threads",
             "--decode-threads",
+            "--malloc-arenas",
             "--primary-deadline-ms",
             "--header-read-timeout-ms",
             "--request-timeout-ms",
@@ -394,6 +452,64 @@ mod tests {
         assert!(Cli::try_parse_from(["x", "--fault", "explode"]).is_err());
         let cli = Cli::try_parse_from(["x", "--json-logs"]).unwrap();
         assert!(cli.serve.json_logs);
+    }
+
+    #[test]
+    fn decode_priority_decode_threads_and_arenas_follow_the_profile() {
+        let s = |args: &[&str]| {
+            let mut v = vec!["x"];
+            v.extend_from_slice(args);
+            Settings::from_args(&Cli::try_parse_from(v).unwrap().serve).unwrap()
+        };
+        let d = s(&["--threads", "4", "--profile", "lite"]);
+        assert_eq!(d.decode_priority, DecodePriority::Idle);
+        assert_eq!(d.decode_threads, 4);
+        let f = s(&["--threads", "4", "--profile", "full"]);
+        assert_eq!(
+            (f.decode_priority, f.decode_threads),
+            (DecodePriority::Normal, 2)
+        );
+        let fi = s(&[
+            "--threads",
+            "4",
+            "--profile",
+            "full",
+            "--decode-priority",
+            "idle",
+        ]);
+        assert_eq!(
+            (fi.decode_priority, fi.decode_threads),
+            (DecodePriority::Idle, 4)
+        );
+        let n = s(&[
+            "--threads",
+            "4",
+            "--profile",
+            "lite",
+            "--decode-priority",
+            "normal",
+        ]);
+        assert_eq!(
+            (n.decode_priority, n.decode_threads),
+            (DecodePriority::Normal, 2)
+        );
+        let n1 = s(&["--threads", "1", "--decode-priority", "normal"]);
+        assert_eq!(n1.decode_threads, 1);
+        assert_eq!(
+            s(&["--threads", "4", "--decode-threads", "3"]).decode_threads,
+            3
+        );
+        assert!(Cli::try_parse_from(["x", "--decode-priority", "high"]).is_err());
+        assert_eq!(s(&["--profile", "full"]).malloc_arenas, 1);
+        assert_eq!(s(&["--profile", "lite"]).malloc_arenas, 0);
+        assert_eq!(
+            s(&["--profile", "full", "--malloc-arenas", "0"]).malloc_arenas,
+            0
+        );
+        assert_eq!(
+            s(&["--profile", "lite", "--malloc-arenas", "2"]).malloc_arenas,
+            2
+        );
     }
 
     #[test]

@@ -43,8 +43,8 @@ use tokio::sync::oneshot;
 /// Run the server until SIGTERM/SIGINT (then drain and return `Ok`).
 pub fn run(args: ServeArgs) -> Result<()> {
     let settings = Settings::from_args(&args)?;
-    // before any other thread starts: see `release_memory_when_idle`
-    crate::ops::alloc::use_single_arena();
+    // before any other thread starts: see `release_memory_when_idle` and `ops::alloc`
+    crate::ops::alloc::set_arena_max(settings.malloc_arenas);
     logging::init(settings.json_logs, &settings.log)?;
     configure_compute_threads(settings.threads);
     crate::ops::set_spin(settings.spin);
