@@ -90,7 +90,8 @@ impl Classifier {
 
     /// The network on `x: [N, 3, H, W]` (f32, contiguous), the batch split into `parts` runs of
     /// images run in parallel (each kernel inside still parallel, for the pool's idle threads),
-    /// their logits concatenated in order. `parts` is clamped to `1..=N`.
+    /// their logits concatenated in order (MobileNetV3: the parts' pooled features, then its
+    /// classifier once over the whole batch). `parts` is clamped to `1..=N`.
     pub fn forward_parts(&self, x: &Tensor, parts: usize) -> candle_core::Result<Tensor> {
         let net = |x: &Tensor| match &self.net {
             Net::ResNet(m) => m.forward(x),
@@ -102,14 +103,23 @@ impl Classifier {
             return net(x);
         }
         use rayon::prelude::*;
-        let outs = (0..parts)
-            .into_par_iter()
-            .map(|i| {
-                let (a, b) = (i * n / parts, (i + 1) * n / parts);
-                net(&x.narrow(0, a, b - a)?)
-            })
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        Tensor::cat(&outs, 0)
+        let run_parts = |f: &(dyn Fn(&Tensor) -> candle_core::Result<Tensor> + Sync)| {
+            let outs = (0..parts)
+                .into_par_iter()
+                .map(|i| {
+                    let (a, b) = (i * n / parts, (i + 1) * n / parts);
+                    f(&x.narrow(0, a, b - a)?)
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            Tensor::cat(&outs, 0)
+        };
+        match &self.net {
+            // The classifier's 2.5 M weights (10 MB) run once over the whole batch, not once per
+            // part: its GEMV reads each weight row once for up to 4 images, and a part's thread
+            // would stream all 10 MB from memory for its own images.
+            Net::MobileNetV3(m) => m.forward_classifier(&run_parts(&|x| m.forward_features(x))?),
+            Net::ResNet(_) => run_parts(&net),
+        }
     }
 
     /// Convenience: stack CHW inputs (each 3*224*224) into one batch, forward, softmax top-k per input.

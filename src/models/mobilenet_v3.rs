@@ -511,16 +511,27 @@ impl MobileNetV3 {
     }
 }
 
-impl Module for MobileNetV3 {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl MobileNetV3 {
+    /// `features`, `avgpool` and the flattening of torchvision's forward: `[N, 960]`.
+    pub fn forward_features(&self, x: &Tensor) -> Result<Tensor> {
         let mut x = self.stem.forward(x)?;
         for b in &self.blocks {
             x = b.forward(&x)?;
         }
-        let x = global_avg_pool(&self.last_conv.forward(&x)?)?;
-        // classifier: Linear, Hardswish (fused), Dropout (identity in eval), Linear
-        let x = self.fc1.forward_with(&x, Activation::Hardswish)?;
+        global_avg_pool(&self.last_conv.forward(&x)?)
+    }
+
+    /// `classifier` on pooled features `[N, 960]`: Linear, Hardswish (fused), Dropout (identity
+    /// in eval), Linear.
+    pub fn forward_classifier(&self, x: &Tensor) -> Result<Tensor> {
+        let x = self.fc1.forward_with(x, Activation::Hardswish)?;
         self.fc2.forward_with(&x, Activation::None)
+    }
+}
+
+impl Module for MobileNetV3 {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_classifier(&self.forward_features(x)?)
     }
 }
 
