@@ -461,44 +461,27 @@ mod tests {
             v.extend_from_slice(args);
             Settings::from_args(&Cli::try_parse_from(v).unwrap().serve).unwrap()
         };
-        let d = s(&["--threads", "4", "--profile", "lite"]);
-        assert_eq!(d.decode_priority, DecodePriority::Idle);
-        assert_eq!(d.decode_threads, 4);
-        let f = s(&["--threads", "4", "--profile", "full"]);
-        assert_eq!(
-            (f.decode_priority, f.decode_threads),
-            (DecodePriority::Normal, 2)
-        );
-        let fi = s(&[
-            "--threads",
-            "4",
-            "--profile",
-            "full",
-            "--decode-priority",
-            "idle",
-        ]);
-        assert_eq!(
-            (fi.decode_priority, fi.decode_threads),
-            (DecodePriority::Idle, 4)
-        );
-        let n = s(&[
-            "--threads",
-            "4",
-            "--profile",
-            "lite",
-            "--decode-priority",
-            "normal",
-        ]);
-        assert_eq!(
-            (n.decode_priority, n.decode_threads),
-            (DecodePriority::Normal, 2)
-        );
-        let n1 = s(&["--threads", "1", "--decode-priority", "normal"]);
-        assert_eq!(n1.decode_threads, 1);
-        assert_eq!(
-            s(&["--threads", "4", "--decode-threads", "3"]).decode_threads,
-            3
-        );
+        use DecodePriority::{Idle, Normal};
+        for (args, priority, threads) in [
+            ("--threads 4 --profile lite", Idle, 4),
+            ("--threads 4 --profile full", Normal, 2),
+            ("--threads 4 --profile full --decode-priority idle", Idle, 4),
+            (
+                "--threads 4 --profile lite --decode-priority normal",
+                Normal,
+                2,
+            ),
+            ("--threads 1 --decode-priority normal", Normal, 1),
+            ("--threads 4 --decode-threads 3", Normal, 3),
+            ("--threads 4 --profile lite --decode-threads 3", Idle, 3),
+        ] {
+            let got = s(&args.split(' ').collect::<Vec<_>>());
+            assert_eq!(
+                (got.decode_priority, got.decode_threads),
+                (priority, threads),
+                "{args}"
+            );
+        }
         assert!(Cli::try_parse_from(["x", "--decode-priority", "high"]).is_err());
         assert_eq!(s(&["--profile", "full"]).malloc_arenas, 1);
         assert_eq!(s(&["--profile", "lite"]).malloc_arenas, 0);
