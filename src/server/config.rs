@@ -59,11 +59,6 @@ impl Profile {
     /// ~183 → ~211 req/s with per-thread arenas), full `normal` (a Wide ResNet pass takes
     /// 100–300 ms: a decoder waiting for it adds that to its request's latency; measured p99
     /// 378–395 → 438–587 ms, no more requests per second).
-    ///
-    /// `--malloc-arenas` when not given (see [`crate::ops::alloc`]): full 1 (one arena bounds
-    /// the resident set: 424 MiB right after a load against 486–498 MiB with glibc's per-thread
-    /// arenas, over the 450 MB budget), lite 0 = glibc's default (per-thread arenas: ~8% more
-    /// requests per second, 62 MiB under load).
     pub fn default_decode_priority(self) -> DecodePriority {
         match self {
             Profile::Full => DecodePriority::Normal,
@@ -71,6 +66,10 @@ impl Profile {
         }
     }
 
+    /// `--malloc-arenas` when not given (see [`crate::ops::alloc`]): full 1 (one arena bounds
+    /// the resident set: 424 MiB right after a load against 486–498 MiB with glibc's per-thread
+    /// arenas, over the 450 MB budget), lite 0 = glibc's default (per-thread arenas: ~8% more
+    /// requests per second, 62 MiB under load).
     pub fn default_malloc_arenas(self) -> usize {
         match self {
             Profile::Full => 1,
