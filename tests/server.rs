@@ -27,8 +27,14 @@ fn weights_dir(profile: &str) -> PathBuf {
     for &k in kinds {
         let src = synthetic_weights_file(k);
         let dst = dir.join(src.file_name().unwrap());
+        // tests run in parallel: another one may have made the link since we looked
         if std::fs::symlink_metadata(&dst).is_err() {
-            std::os::unix::fs::symlink(&src, &dst).unwrap();
+            match std::os::unix::fs::symlink(&src, &dst) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                    panic!("cannot link {}: {e}", dst.display())
+                }
+                _ => {}
+            }
         }
     }
     dir
@@ -696,6 +702,7 @@ fn lite_http_contract_every_status_code() {
         "imgclass_preprocess_duration_seconds_count",
         "imgclass_inference_duration_seconds_count{model=\"mobilenet_v3_large\"}",
         "imgclass_inference_batch_size_count{model=\"mobilenet_v3_large\"}",
+        "imgclass_inference_passes_total{mode=\"pool\",model=\"mobilenet_v3_large\"}",
         "imgclass_http_requests_in_flight",
         "imgclass_queue_depth",
         "imgclass_engine_queue_depth{model=\"mobilenet_v3_large\"}",
@@ -1047,6 +1054,9 @@ fn load_32_clients_all_answered_200_or_503_and_memory_returns() {
             "16",
             "--request-timeout-ms",
             "120000",
+            // two compute threads, hence two engine instances (lite's default: one per thread)
+            "--threads",
+            "2",
         ],
         &[],
     );
@@ -1057,6 +1067,7 @@ fn load_32_clients_all_answered_200_or_503_and_memory_returns() {
     assert!(warm
         .iter()
         .all(|r| r.as_ref().is_ok_and(|r| r.status == 200)));
+    let expected = warm[0].as_ref().unwrap().json();
     std::thread::sleep(Duration::from_millis(500));
     let steady = s.rss_kib();
 
@@ -1071,6 +1082,8 @@ fn load_32_clients_all_answered_200_or_503_and_memory_returns() {
         match r.status {
             200 => {
                 assert_eq!(r.json()["model"], "mobilenet_v3_large");
+                // the same image gets the same answer, whichever instance or batch ran it
+                assert_same_predictions(&r.json(), &expected);
                 ok += 1;
             }
             503 => {
@@ -1103,6 +1116,13 @@ fn load_32_clients_all_answered_200_or_503_and_memory_returns() {
         s.metric("imgclass_shed_requests_total{reason=\"overloaded\"}"),
         shed as f64
     );
+    // under this load passes ran side by side, one per instance, as well as on the whole pool
+    let passes = |mode: &str| {
+        s.metric(&format!(
+            "imgclass_inference_passes_total{{mode=\"{mode}\",model=\"mobilenet_v3_large\"}}"
+        ))
+    };
+    assert!(passes("instance") > 0.0 && passes("pool") > 0.0);
     let text = get(s.addr, "/metrics").text();
     assert!(!text.contains("status=\"500\""), "{text}");
 }

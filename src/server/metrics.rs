@@ -19,6 +19,9 @@ pub struct Metrics {
     pub inference_duration: HistogramVec,
     /// `imgclass_inference_batch_size{model}`.
     pub batch_size: HistogramVec,
+    /// `imgclass_inference_passes_total{model,mode}`: `pool` (the pass ran on every compute
+    /// thread) or `instance` (on one thread, beside another pass; see `--instances`).
+    pub passes: IntCounterVec,
     /// `imgclass_http_requests_in_flight`.
     pub in_flight: IntGauge,
     /// `imgclass_queue_depth`: classify requests waiting for a processing slot.
@@ -78,6 +81,13 @@ impl Metrics {
             .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
             &["model"],
         )?;
+        let passes = IntCounterVec::new(
+            Opts::new(
+                "imgclass_inference_passes_total",
+                "Forward passes, by model and mode (pool: on every compute thread; instance: on one thread beside another pass)",
+            ),
+            &["model", "mode"],
+        )?;
         let in_flight = IntGauge::new(
             "imgclass_http_requests_in_flight",
             "HTTP requests being handled",
@@ -114,6 +124,7 @@ impl Metrics {
         registry.register(Box::new(preprocess_duration.clone()))?;
         registry.register(Box::new(inference_duration.clone()))?;
         registry.register(Box::new(batch_size.clone()))?;
+        registry.register(Box::new(passes.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(queue_depth.clone()))?;
         registry.register(Box::new(engine_queue_depth.clone()))?;
@@ -127,6 +138,7 @@ impl Metrics {
             preprocess_duration,
             inference_duration,
             batch_size,
+            passes,
             in_flight,
             queue_depth,
             engine_queue_depth,

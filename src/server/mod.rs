@@ -316,6 +316,8 @@ async fn load_and_warm(state: Arc<AppState>, fatal: oneshot::Sender<Error>) {
     let s = &state.settings;
     let base = EngineConfig {
         max_batch_size: s.max_batch_size,
+        instances: s.instances,
+        requests_in_process: Some(state.admission.probe()),
         queue_capacity: 2 * s.max_concurrent + 1,
         test_delay: Duration::ZERO,
         test_fault: false,

@@ -1,7 +1,7 @@
 //! Shared server state: settings, metrics, engines, readiness, admission control.
 
 use super::config::Settings;
-use super::engine::Engine;
+use super::engine::{Engine, RequestsProbe};
 use super::metrics::Metrics;
 use super::status::ApiError;
 use prometheus::IntGauge;
@@ -125,6 +125,14 @@ impl Admission {
     /// Requests admitted since start.
     pub fn admitted(&self) -> u64 {
         self.admitted.load(Ordering::SeqCst)
+    }
+
+    /// Counts the requests being processed (admitted, holding a slot), for the engines.
+    pub fn probe(&self) -> RequestsProbe {
+        let (slots, max) = (self.slots.clone(), self.max_concurrent);
+        RequestsProbe(Arc::new(move || {
+            max.saturating_sub(slots.available_permits())
+        }))
     }
 
     /// No request is being processed or waiting for a slot.
