@@ -150,6 +150,69 @@ pub fn horizontal_rows_scalar(
     }
 }
 
+/// The vertical pass of one output row: `out[j] = clip8((half + sum_t k[t] * src[first + t *
+/// stride + j]) >> bits)` for `j < out.len()`, i.e. `k.len()` input rows `stride` bytes apart,
+/// the first at byte `first`. The same integer sums as Pillow in any order (products below 2^30,
+/// non-negative weights), compiled for the CPU's best SIMD level: the 32-bit multiplies need
+/// SSE4.1 at least, which the portable x86-64 baseline lacks. Panics if a row is out of `src`.
+pub fn vertical_row(
+    src: &[u8],
+    first: usize,
+    stride: usize,
+    k: &[i32],
+    half: i32,
+    bits: u32,
+    out: &mut [u8],
+) {
+    let n = out.len();
+    if n == 0 || k.is_empty() {
+        out.fill(0);
+        return;
+    }
+    assert!(first + (k.len() - 1) * stride + n <= src.len() && bits < 32);
+    vertical_mv(src, first, stride, k, half, bits, out);
+}
+
+/// Bytes per block of [`vertical_row`]: four 16-lane vectors of 32-bit sums.
+const VBLOCK: usize = 64;
+
+#[inline(always)]
+fn vertical_body<const FMA: bool>(
+    src: &[u8],
+    first: usize,
+    stride: usize,
+    k: &[i32],
+    half: i32,
+    bits: u32,
+    out: &mut [u8],
+) {
+    let n = out.len();
+    let mut j = 0;
+    while j < n {
+        let len = VBLOCK.min(n - j);
+        let mut acc = [half; VBLOCK];
+        for (t, &kv) in k.iter().enumerate() {
+            let line = &src[first + t * stride + j..][..len];
+            if len == VBLOCK {
+                let line: &[u8; VBLOCK] = line.try_into().unwrap_or_else(|_| unreachable!());
+                for (a, &p) in acc.iter_mut().zip(line) {
+                    *a += i32::from(p) * kv;
+                }
+            } else {
+                for (a, &p) in acc.iter_mut().zip(line) {
+                    *a += i32::from(p) * kv;
+                }
+            }
+        }
+        for (o, &a) in out[j..j + len].iter_mut().zip(&acc) {
+            *o = (a >> bits).clamp(0, 255) as u8;
+        }
+        j += len;
+    }
+}
+
+super::cpu::multiversion!(fn vertical_mv(src: &[u8], first: usize, stride: usize, k: &[i32], half: i32, bits: u32, out: &mut [u8]) => vertical_body);
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::EXPANDED;

@@ -1321,6 +1321,47 @@ fn resize_horizontal_pass_matches_the_tap_sums() {
 }
 
 #[test]
+fn resize_vertical_row_matches_the_tap_sums() {
+    // Pillow's fixed-point vertical pass (`resize::vertical_row`, compiled for the CPU's SIMD
+    // level): row widths around the 64-byte block (whole blocks, a tail, a tail alone), 1 to 12
+    // taps, rows a stride apart with bytes between them the pass must not read into the sums.
+    let mut seed = 11u32;
+    let mut next = move || {
+        seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        seed >> 8
+    };
+    let (bits, half) = (22u32, 1i32 << 21);
+    for taps in 1..=12usize {
+        for width in [1usize, 5, 63, 64, 65, 128, 200, 672] {
+            let stride = width + 7;
+            let first = 3;
+            let src: Vec<u8> = (0..first + taps * stride).map(|_| next() as u8).collect();
+            let k: Vec<i32> = (0..taps)
+                .map(|_| (next() % (1 << 22) as u32) as i32 / taps as i32)
+                .collect();
+            let want: Vec<u8> = (0..width)
+                .map(|j| {
+                    let sum = k.iter().enumerate().fold(half, |acc, (t, &kv)| {
+                        acc + kv * i32::from(src[first + t * stride + j])
+                    });
+                    (sum >> bits).clamp(0, 255) as u8
+                })
+                .collect();
+            let mut got = vec![0u8; width];
+            resize::vertical_row(&src, first, stride, &k, half, bits, &mut got);
+            assert_eq!(got, want, "{taps} taps, width {width}");
+        }
+    }
+    // saturation at both ends: weights summing past 1.0 and rounding below 0 clip to 255 and 0
+    let src = [255u8; 8];
+    let mut got = [0u8; 4];
+    resize::vertical_row(&src, 0, 4, &[1 << 22, 1 << 22], half, bits, &mut got);
+    assert_eq!(got, [255; 4]);
+    resize::vertical_row(&src, 0, 4, &[-(1 << 22), 0], half, bits, &mut got);
+    assert_eq!(got, [0; 4]);
+}
+
+#[test]
 fn packed_gemm_matches_a_plain_triple_loop() {
     // The Winograd GEMMs on a packed weight (`packed1x1::gemm_serial`): input rows and output rows
     // with strides longer than the row, both loop orders (pixel tiles outermost for weights up to

@@ -371,22 +371,12 @@ fn vertical_pass(
 ) {
     let half = 1i32 << (PRECISION_BITS - 1);
     let width = n_cols * 3;
-    let mut acc = vec![0i32; width];
     for (yy, orow) in out.chunks_exact_mut(width).enumerate() {
         let ymin = c.xmin[yy] - row0;
         let n = c.len[yy];
         let k = &c.k[yy * c.ksize..yy * c.ksize + n];
-        acc.iter_mut().for_each(|a| *a = half);
-        for (j, &kv) in k.iter().enumerate() {
-            let start = ((ymin + j) * src_w + col0) * 3;
-            let line = &src[start..start + width];
-            for (a, &p) in acc.iter_mut().zip(line) {
-                *a += i32::from(p) * kv;
-            }
-        }
-        for (o, &a) in orow.iter_mut().zip(&acc) {
-            *o = clip8(a);
-        }
+        let first = (ymin * src_w + col0) * 3;
+        resize::vertical_row(src, first, src_w * 3, k, half, PRECISION_BITS, orow);
     }
 }
 

@@ -1,4 +1,5 @@
-//! The inference engine: one dedicated OS thread per model owns the loaded `Classifier`.
+//! The inference engine: one per model, owning the loaded `Classifier`, on dedicated OS threads
+//! (one per instance, see [`run_instance`]).
 //!
 //! Requests arrive through a bounded queue. Continuous batching: whenever the engine is free it
 //! takes everything already queued (up to `max_batch_size`) and runs one forward pass; it never
