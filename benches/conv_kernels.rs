@@ -14,8 +14,8 @@
 //! output buffer is not in any cache).
 //! The `resize_hpass` group compares, on the horizontal resampling pass of a 640x480 photo going
 //! to 232 pixels (Pillow's bilinear, 7 taps, the 224 center-crop columns of 466 rows), the AVX-512
-//! pass (`ops::resize`) with the same sums in scalar code (single-threaded, like the server's
-//! decoders).
+//! pass (`ops::resize`) and its AVX-512 VBMI blocks (`ops::resize::Blocks`) with the same sums
+//! in scalar code (single-threaded, like the server's decoders).
 //! The `wino_gemm` group compares, on the 16 GEMMs of one Winograd F(2,3) call of Wide ResNet's
 //! 3x3 stride-1 layers at batch 1 (`U[e] (O x C) x V[e] (C x tiles)`, the input rows 16 elements
 //! apart as the input transform writes them), the packed-weight kernel
@@ -495,6 +495,16 @@ fn resize_hpass(c: &mut Criterion) {
     if resize::available(ksize) {
         group.bench_function("avx512", |b| {
             b.iter(|| resize::horizontal_rows(&src, in_w * 3, rows, &pass, &mut out))
+        });
+    }
+    // the VBMI blocks, their tables built inside the loop as the resampler builds them per image
+    if resize::Blocks::new(&starts, &k, ksize, 1 << 21, 22).is_some() {
+        group.bench_function("vbmi_blocks", |b| {
+            b.iter(|| {
+                if let Some(blocks) = resize::Blocks::new(&starts, &k, ksize, 1 << 21, 22) {
+                    blocks.rows(&src, in_w * 3, rows, &mut out)
+                }
+            })
         });
     }
     group.finish();

@@ -150,7 +150,193 @@ pub fn horizontal_rows_scalar(
     }
 }
 
-/// The vertical pass of one output row: `out[j] = clip8((half + sum_t k[t] * src[first + t *
+/// Output pixels per block of [`Blocks`]: 48 bytes (16 RGB pixels), three 16-lane vectors.
+const BLOCK: usize = 16;
+/// Bytes of the input row one block may read: two 64-byte vectors (`vpermt2b`'s table).
+const SPAN: usize = 128;
+/// Bytes of one block's table entry for one tap and one third of its output bytes: the byte
+/// permutation (64 bytes) then the coefficients (16 i32).
+const ENTRY: usize = 64 + 64;
+
+/// The horizontal pass prepared for AVX-512 VBMI (`vpermt2b`): output pixels in blocks of
+/// [`BLOCK`], each reading one window of at most [`SPAN`] bytes of the row. For every tap, a
+/// byte permutation lays the block's 48 input bytes of that tap (pixel `p`, channel `c` at byte
+/// `start(p) + 3 * tap + c`) out as 48 zero-extended 32-bit lanes, which are multiplied by the
+/// pixels' coefficients and summed over the taps: the same integer sums as [`horizontal_rows`],
+/// about three times fewer instructions (no per-pixel reduction across lanes).
+pub struct Blocks {
+    n: usize,
+    ksize: usize,
+    /// Window start (byte) of each block.
+    base: Vec<usize>,
+    /// Per block, tap, third: [`ENTRY`] bytes (permutation, then coefficients as i32 LE).
+    table: Vec<u8>,
+    half: i32,
+    bits: u32,
+}
+
+impl Blocks {
+    /// `None` unless the CPU has AVX-512 VBMI (and BW, VL), the coefficients are non-negative
+    /// and every block's windows fit in [`SPAN`] bytes (downscales up to about 2.5x; larger
+    /// ones keep [`horizontal_rows`]). `k` holds `ksize` coefficients per output pixel.
+    pub fn new(starts: &[usize], k: &[i32], ksize: usize, half: i32, bits: u32) -> Option<Blocks> {
+        let n = starts.len();
+        if !vbmi_available() || ksize == 0 || k.len() != n * ksize || bits >= 32 {
+            return None;
+        }
+        if k.iter().any(|&v| v < 0) || starts.windows(2).any(|w| w[0] > w[1]) {
+            return None;
+        }
+        let blocks = n.div_ceil(BLOCK);
+        let mut base = Vec::with_capacity(blocks);
+        let mut table = vec![0u8; blocks * ksize * 3 * ENTRY];
+        for b in 0..blocks {
+            let x0 = b * BLOCK;
+            let nb = BLOCK.min(n - x0);
+            let b0 = starts[x0];
+            if starts[x0 + nb - 1] + 3 * ksize - b0 > SPAN {
+                return None;
+            }
+            base.push(b0);
+            for t in 0..ksize {
+                for g in 0..3 {
+                    let entry = &mut table[((b * ksize + t) * 3 + g) * ENTRY..][..ENTRY];
+                    let (perm, coef) = entry.split_at_mut(64);
+                    for i in 0..16 {
+                        let e = 16 * g + i;
+                        let (p, c) = (e / 3, e % 3);
+                        if p < nb {
+                            perm[4 * i] = (starts[x0 + p] + 3 * t + c - b0) as u8;
+                            coef[4 * i..4 * i + 4]
+                                .copy_from_slice(&k[(x0 + p) * ksize + t].to_le_bytes());
+                        }
+                    }
+                }
+            }
+        }
+        Some(Blocks {
+            n,
+            ksize,
+            base,
+            table,
+            half,
+            bits,
+        })
+    }
+
+    /// [`horizontal_rows`] with this plan: `rows` rows of `line_len` bytes from `src`, output
+    /// pixel `x` of row `r` at `out[(r * n + x) * 3..]`. Windows that would read past the end of
+    /// their row are read from a zero-padded copy.
+    pub fn rows(&self, src: &[u8], line_len: usize, rows: usize, out: &mut [u8]) {
+        let n = self.n;
+        assert!(out.len() >= rows * n * 3 && src.len() >= rows * line_len);
+        assert!(self.base.iter().all(|&b| b < line_len.max(1)));
+        assert!(self.table.len() >= self.base.len() * self.ksize * 3 * ENTRY);
+        // Blocks whose 128-byte read stays inside the row (bases grow).
+        let fast = self.base.partition_point(|&b| b + SPAN <= line_len);
+        for r in 0..rows {
+            let line = &src[r * line_len..][..line_len];
+            let orow = &mut out[r * n * 3..][..n * 3];
+            for (b, &b0) in self.base.iter().enumerate() {
+                let mut pad = [0u8; SPAN];
+                let window = if b < fast {
+                    &line[b0..b0 + SPAN]
+                } else {
+                    let tail = &line[b0..];
+                    pad[..tail.len().min(SPAN)].copy_from_slice(&tail[..tail.len().min(SPAN)]);
+                    &pad[..]
+                };
+                let x0 = b * BLOCK;
+                let nb = BLOCK.min(n - x0);
+                let entries = &self.table[b * self.ksize * 3 * ENTRY..][..self.ksize * 3 * ENTRY];
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: VBMI, BW, VL and F are present (checked in `new`, the only constructor);
+                // `window` holds SPAN bytes, `entries` ksize * 3 entries, and the block writes
+                // orow[3 * x0..3 * (x0 + nb)], inside `orow` (x0 + nb <= n).
+                unsafe {
+                    vbmi::block(
+                        window.as_ptr(),
+                        entries.as_ptr(),
+                        self.ksize,
+                        self.half,
+                        self.bits,
+                        orow[3 * x0..].as_mut_ptr(),
+                        3 * nb,
+                    );
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                {
+                    let _ = (window, entries, orow, nb);
+                    unreachable!("resize::Blocks is only built on AVX-512 VBMI CPUs");
+                }
+            }
+        }
+    }
+}
+
+/// Whether [`Blocks`] can run on this CPU.
+fn vbmi_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx512vbmi")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod vbmi {
+    use super::ENTRY;
+    use std::arch::x86_64::*;
+
+    /// One block of [`super::Blocks::rows`]: `len <= 48` output bytes at `out`.
+    ///
+    /// # Safety
+    /// AVX-512 F, BW, VL and VBMI present; `window` readable for 128 bytes, `entries` for
+    /// `ksize * 3` entries of [`ENTRY`] bytes, `out` writable for `len` bytes.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi")]
+    pub(super) unsafe fn block(
+        window: *const u8,
+        entries: *const u8,
+        ksize: usize,
+        half: i32,
+        bits: u32,
+        out: *mut u8,
+        len: usize,
+    ) {
+        let lo = _mm512_loadu_si512(window as *const __m512i);
+        let hi = _mm512_loadu_si512(window.add(64) as *const __m512i);
+        // byte 4i of each 32-bit lane: the pixel byte; the other three bytes zero
+        const LANE_BYTE0: __mmask64 = 0x1111_1111_1111_1111;
+        let hv = _mm512_set1_epi32(half);
+        let mut acc = [hv; 3];
+        for t in 0..ksize {
+            for (g, a) in acc.iter_mut().enumerate() {
+                let e = entries.add((t * 3 + g) * ENTRY);
+                let idx = _mm512_loadu_si512(e as *const __m512i);
+                let coef = _mm512_loadu_si512(e.add(64) as *const __m512i);
+                let px = _mm512_maskz_permutex2var_epi8(LANE_BYTE0, lo, idx, hi);
+                *a = _mm512_add_epi32(*a, _mm512_mullo_epi32(px, coef));
+            }
+        }
+        let sh = _mm_cvtsi32_si128(bits as i32);
+        let z = _mm512_setzero_si512();
+        for (g, a) in acc.iter().enumerate() {
+            let v = _mm512_max_epi32(_mm512_sra_epi32(*a, sh), z);
+            // the first `len - 16g` of this third's 16 bytes (all of them in a whole block)
+            let n = len.saturating_sub(16 * g).min(16) as u32;
+            let m = ((1u32 << n) - 1) as __mmask16;
+            _mm_mask_storeu_epi8(out.add(16 * g) as *mut i8, m, _mm512_cvtusepi32_epi8(v));
+        }
+    }
+}
+
+/// The vertical pass of one output row:/// The vertical pass of one output row: `out[j] = clip8((half + sum_t k[t] * src[first + t *
 /// stride + j]) >> bits)` for `j < out.len()`, i.e. `k.len()` input rows `stride` bytes apart,
 /// the first at byte `first`. The same integer sums as Pillow in any order (products below 2^30,
 /// non-negative weights), compiled for the CPU's best SIMD level: the 32-bit multiplies need

@@ -1265,8 +1265,14 @@ fn resize_horizontal_pass_matches_the_tap_sums() {
     };
     let (bits, half) = (22u32, 1i32 << 21);
     let mut simd_checked = 0;
+    let mut blocks_checked = Vec::new();
     for ksize in 1..=resize::MAX_TAPS {
-        for (in_px, n, rows) in [(40usize, 17usize, 3usize), (640, 224, 2), (12, 5, 1)] {
+        for (in_px, n, rows) in [
+            (40usize, 17usize, 3usize),
+            (640, 224, 2),
+            (640, 309, 2),
+            (12, 5, 1),
+        ] {
             let line_len = in_px * 3;
             let src: Vec<u8> = (0..rows * line_len).map(|_| next() as u8).collect();
             // Window starts from 0 to the last pixel whose taps fit in the row.
@@ -1312,12 +1318,33 @@ fn resize_horizontal_pass_matches_the_tap_sums() {
                 assert_eq!(got, want, "avx512, {ksize} taps, {in_px} -> {n}");
                 simd_checked += 1;
             }
+            if let Some(blocks) = resize::Blocks::new(&starts, &k, ksize, half, bits) {
+                let mut got = vec![0u8; rows * n * 3];
+                blocks.rows(&src, line_len, rows, &mut got);
+                assert_eq!(got, want, "vbmi blocks, {ksize} taps, {in_px} -> {n}");
+                blocks_checked.push((ksize, in_px, if in_px == 640 { n } else { 0 }));
+            }
         }
     }
     if cpu::level() == cpu::Level::Avx512 {
-        assert_eq!(simd_checked, 3 * resize::MAX_TAPS);
+        assert_eq!(simd_checked, 4 * resize::MAX_TAPS);
     }
     assert!(!resize::available(resize::MAX_TAPS + 1) && !resize::available(0));
+    // The VBMI blocks take the downscales whose 16-pixel blocks read at most 128 bytes: 640 ->
+    // 309 (2.07x, the server's 640x480 photo) and the small rows at every tap count; 640 -> 224
+    // (2.9x: 15 * 2.9 * 3 = 128 bytes before the taps) never.
+    if std::arch::is_x86_feature_detected!("avx512vbmi") {
+        for ksize in 1..=resize::MAX_TAPS {
+            for in_px in [40, 12] {
+                assert!(
+                    blocks_checked.contains(&(ksize, in_px, 0)),
+                    "{ksize} {in_px}"
+                );
+            }
+            assert!(blocks_checked.contains(&(ksize, 640, 309)), "{ksize}");
+            assert!(!blocks_checked.contains(&(ksize, 640, 224)), "{ksize}");
+        }
+    }
 }
 
 #[test]

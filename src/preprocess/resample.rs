@@ -258,11 +258,21 @@ fn horizontal_pass(
     cw: usize,
 ) {
     // AVX-512: the same sums, several times fewer instructions (see `ops::resize`).
+    let line_len = src_w * 3;
+    let half = 1i32 << (PRECISION_BITS - 1);
+    let starts = || -> Vec<usize> { c.xmin.iter().map(|&m| (m - col0) * 3).collect() };
+    if let Some(blocks) = resize::Blocks::new(&starts(), &c.k, c.ksize, half, PRECISION_BITS) {
+        blocks.rows(
+            &src[rows.start * line_len..rows.end * line_len],
+            line_len,
+            rows.len(),
+            out,
+        );
+        return;
+    }
     if resize::available(c.ksize) {
-        let line_len = src_w * 3;
-        let starts: Vec<usize> = c.xmin.iter().map(|&m| (m - col0) * 3).collect();
+        let starts = starts();
         let e = resize::expand(&c.k, c.ksize);
-        let half = 1i32 << (PRECISION_BITS - 1);
         let pass = resize::Pass {
             starts: &starts,
             e: &e,
