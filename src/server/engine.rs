@@ -561,29 +561,59 @@ mod tests {
         )
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn queued_jobs_share_one_forward_pass_and_keep_their_own_results() {
-        let model = mobilenet();
-        let alone: Vec<Vec<Prediction>> = (0..5)
-            .map(|s| model.classify(&[&input(s)], 5).unwrap().remove(0))
-            .collect();
-        let metrics = Metrics::new().unwrap();
-        let cfg = EngineConfig {
+    /// A test engine's knobs: `instances`, a sleep before every pass, every pass failing.
+    fn config(instances: usize, delay_ms: u64, fault: bool) -> EngineConfig {
+        EngineConfig {
             max_batch_size: 8,
-            instances: 1,
+            instances,
             requests_in_process: None,
             queue_capacity: 16,
-            // holds the engine busy with the first job while the others queue up
-            test_delay: Duration::from_millis(1000),
-            test_fault: false,
+            test_delay: Duration::from_millis(delay_ms),
+            test_fault: fault,
             test_warmup_gate: None,
-        };
+        }
+    }
+
+    /// An engine of `model`, warmed up; its metrics and its queue-depth gauge.
+    async fn started(
+        model: Classifier,
+        cfg: EngineConfig,
+    ) -> (Engine, Metrics, prometheus::IntGauge) {
+        let metrics = Metrics::new().unwrap();
         let (engine, warm) = Engine::start(model, cfg, metrics.clone()).unwrap();
         warm.await.unwrap().unwrap();
-        let far = Instant::now() + Duration::from_secs(600);
         let depth = metrics
             .engine_queue_depth
             .with_label_values(&["mobilenet_v3_large"]);
+        (engine, metrics, depth)
+    }
+
+    /// The top-5 of each image alone (batch 1, the whole pool).
+    fn alone(model: &Classifier, images: u32) -> Vec<Vec<Prediction>> {
+        (0..images)
+            .map(|s| model.classify(&[&input(s)], 5).unwrap().remove(0))
+            .collect()
+    }
+
+    /// Same classes in the same order, probabilities within 1e-5.
+    fn assert_same(got: &[Vec<Prediction>], want: &[Vec<Prediction>]) {
+        assert_eq!(got.len(), want.len());
+        for (g, a) in got.iter().zip(want) {
+            assert_eq!(g.len(), 5);
+            for (x, y) in g.iter().zip(a) {
+                assert_eq!((x.index, &x.label), (y.index, &y.label));
+                assert!((x.probability - y.probability).abs() < 1e-5);
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_jobs_share_one_forward_pass_and_keep_their_own_results() {
+        let model = mobilenet();
+        let alone = alone(&model, 5);
+        // holds the engine busy with the first job while the others queue up
+        let (engine, metrics, depth) = started(model, config(1, 1000, false)).await;
+        let far = Instant::now() + Duration::from_secs(600);
 
         let mut first = Box::pin(engine.infer(input(0), 5, far));
         assert!((&mut first).now_or_never().is_none()); // queued
@@ -601,13 +631,7 @@ mod tests {
         for f in rest {
             got.push(f.await.unwrap());
         }
-        for (g, a) in got.iter().zip(&alone) {
-            assert_eq!(g.len(), 5);
-            for (x, y) in g.iter().zip(a) {
-                assert_eq!((x.index, &x.label), (y.index, &y.label));
-                assert!((x.probability - y.probability).abs() < 1e-5);
-            }
-        }
+        assert_same(&got, &alone);
         let batches = metrics
             .batch_size
             .with_label_values(&["mobilenet_v3_large"]);
@@ -618,26 +642,10 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn with_two_instances_a_job_that_arrives_during_a_pass_runs_beside_it() {
         let model = mobilenet();
-        let alone: Vec<Vec<Prediction>> = (0..3)
-            .map(|s| model.classify(&[&input(s)], 5).unwrap().remove(0))
-            .collect();
-        let metrics = Metrics::new().unwrap();
-        let cfg = EngineConfig {
-            max_batch_size: 8,
-            instances: 2,
-            requests_in_process: None,
-            queue_capacity: 16,
-            // holds each pass long enough for the next job to arrive during it
-            test_delay: Duration::from_millis(500),
-            test_fault: false,
-            test_warmup_gate: None,
-        };
-        let (engine, warm) = Engine::start(model, cfg, metrics.clone()).unwrap();
-        warm.await.unwrap().unwrap();
+        let alone = alone(&model, 3);
+        // holds each pass long enough for the next job to arrive during it
+        let (engine, metrics, depth) = started(model, config(2, 500, false)).await;
         let far = Instant::now() + Duration::from_secs(600);
-        let depth = metrics
-            .engine_queue_depth
-            .with_label_values(&["mobilenet_v3_large"]);
         let taken = || async {
             while depth.get() != 0 {
                 tokio::time::sleep(Duration::from_millis(1)).await;
@@ -664,13 +672,7 @@ mod tests {
             second.await.unwrap(),
             third.await.unwrap(),
         ];
-        for (g, a) in got.iter().zip(&alone) {
-            assert_eq!(g.len(), 5);
-            for (x, y) in g.iter().zip(a) {
-                assert_eq!((x.index, &x.label), (y.index, &y.label));
-                assert!((x.probability - y.probability).abs() < 1e-5);
-            }
-        }
+        assert_same(&got, &alone);
         let passes = |mode: &str| {
             metrics
                 .passes
@@ -693,15 +695,7 @@ mod tests {
     #[tokio::test]
     async fn expired_and_abandoned_jobs_cost_no_forward_pass() {
         let metrics = Metrics::new().unwrap();
-        let cfg = EngineConfig {
-            max_batch_size: 8,
-            instances: 1,
-            requests_in_process: None,
-            queue_capacity: 16,
-            test_delay: Duration::ZERO,
-            test_fault: false,
-            test_warmup_gate: None,
-        };
+        let cfg = config(1, 0, false);
         let (engine, warm) = Engine::start(mobilenet(), cfg, metrics.clone()).unwrap();
         warm.await.unwrap().unwrap();
         let past = Instant::now() - Duration::from_millis(1);
@@ -727,15 +721,7 @@ mod tests {
     #[tokio::test]
     async fn a_failing_model_reports_errors_to_every_job() {
         let metrics = Metrics::new().unwrap();
-        let cfg = EngineConfig {
-            max_batch_size: 8,
-            instances: 1,
-            requests_in_process: None,
-            queue_capacity: 16,
-            test_delay: Duration::ZERO,
-            test_fault: true,
-            test_warmup_gate: None,
-        };
+        let cfg = config(1, 0, true);
         let (engine, warm) = Engine::start(mobilenet(), cfg, metrics).unwrap();
         warm.await.unwrap().unwrap(); // the hook never affects the warm-up
         let far = Instant::now() + Duration::from_secs(600);
