@@ -690,6 +690,14 @@ mod tests {
             .with_label_values(&["mobilenet_v3_large"]);
         assert_eq!(batches.get_sample_count(), 3);
         assert_eq!(batches.get_sample_sum(), 3.0, "one image per instance pass");
+        // every instance ends when the last handle is gone (shutdown does not hang on one)
+        let alive = engine.alive.clone();
+        drop(engine);
+        let limit = Instant::now() + Duration::from_secs(30);
+        while alive.load(Ordering::SeqCst) {
+            assert!(Instant::now() < limit, "an engine instance did not stop");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     #[tokio::test]
