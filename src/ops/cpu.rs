@@ -41,23 +41,49 @@ pub(crate) enum Level {
 
 pub(crate) fn level() -> Level {
     static LEVEL: OnceLock<Level> = OnceLock::new();
-    *LEVEL.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
+    *LEVEL.get_or_init(|| capped(detected(), std::env::var("IMGCLASS_SIMD").ok().as_deref()))
+}
+
+/// The best SIMD level of the running CPU.
+fn detected() -> Level {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
         {
-            if std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                return Level::Avx512;
-            }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                return Level::Avx2;
-            }
+            return Level::Avx512;
         }
-        Level::Scalar
-    })
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return Level::Avx2;
+        }
+    }
+    Level::Scalar
+}
+
+/// `IMGCLASS_SIMD=avx2` / `=scalar` caps the level (never raises it): the kernels an older CPU
+/// takes, run and measured on a newer one (the tests run the AVX2 kernels this way on AVX-512
+/// CPUs). Any other value, or none, keeps the detected level.
+fn capped(detected: Level, cap: Option<&str>) -> Level {
+    let rank = |l: Level| match l {
+        Level::Scalar => 0,
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 => 1,
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 => 2,
+    };
+    let cap = match cap.map(str::trim) {
+        Some("scalar") => Level::Scalar,
+        #[cfg(target_arch = "x86_64")]
+        Some("avx2") => Level::Avx2,
+        _ => return detected,
+    };
+    if rank(cap) < rank(detected) {
+        cap
+    } else {
+        detected
+    }
 }
 
 /// Whether this CPU's vendor string is AMD's (`AuthenticAMD`, CPUID leaf 0).
@@ -223,3 +249,27 @@ fn epilogue_inplace_body<const FMA: bool>(
 
 multiversion!(pub(crate) fn epilogue(dst: &mut [f32], src: &[f32], bias: f32, res: Option<&[f32]>, act: Activation) => epilogue_body);
 multiversion!(pub(crate) fn epilogue_inplace(dst: &mut [f32], bias: f32, res: Option<&[f32]>, act: Activation) => epilogue_inplace_body);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simd_cap_lowers_the_level_and_never_raises_it() {
+        assert_eq!(capped(Level::Scalar, Some("avx2")), Level::Scalar);
+        assert_eq!(capped(Level::Scalar, None), Level::Scalar);
+        #[cfg(target_arch = "x86_64")]
+        {
+            assert_eq!(capped(Level::Avx512, Some("avx2")), Level::Avx2);
+            assert_eq!(capped(Level::Avx512, Some(" scalar\n")), Level::Scalar);
+            assert_eq!(capped(Level::Avx2, Some("avx2")), Level::Avx2);
+            assert_eq!(capped(Level::Avx2, Some("avx512")), Level::Avx2);
+            assert_eq!(capped(Level::Avx512, Some("native")), Level::Avx512);
+            assert_eq!(capped(Level::Avx512, None), Level::Avx512);
+        }
+        // the level of this process is the CPU's, capped by IMGCLASS_SIMD (CI runs the kernel
+        // tests once more with IMGCLASS_SIMD=avx2: this checks the cap took effect there)
+        let cap = std::env::var("IMGCLASS_SIMD").ok();
+        assert_eq!(level(), capped(detected(), cap.as_deref()));
+    }
+}

@@ -1,5 +1,5 @@
 //! MobileNetV3's inverted residual (expand 1x1 → depthwise k×k → project 1x1) over bands of rows,
-//! so the large intermediate maps never leave the core's cache (AVX-512 CPUs).
+//! so the large intermediate maps never leave the core's cache (AVX-512 and AVX2 CPUs).
 //!
 //! Run layer by layer, the expand convolution of MobileNetV3's second block writes a 64-channel
 //! 112x112 map (3.2 MB per image) that the depthwise convolution reads back: both go to memory,
@@ -50,7 +50,7 @@ const RUNS_PER_THREAD: usize = 2;
 
 /// Whether [`inverted_residual`] runs on this CPU for these channel counts and this output width.
 pub fn available(c: usize, e: usize, o: Option<usize>, ow: usize) -> bool {
-    level() == Level::Avx512
+    level() != Level::Scalar
         && c > 0
         && pointwise::conv1x1_available(e)
         && o.is_none_or(pointwise::conv1x1_available)

@@ -1,10 +1,15 @@
-//! Small GEMMs with the epilogue fused, AVX-512 only (other CPUs keep the `gemm`-crate path):
+//! Small GEMMs with the epilogue fused, on AVX-512 and on AVX2 + FMA CPUs (others keep the
+//! `gemm`-crate path):
 //! - [`conv1x1`]: `Y[n] = act(W[O,K] x X[n][K,P] + b [+ R[n]])`, a 1x1 stride-1 convolution on NCHW
 //!   (MobileNetV3's expand/project convolutions). Register blocks of [`MR`] output channels x
 //!   [`NV`] x 16 pixels (24 accumulators); the weights are broadcast straight from their row-major
 //!   rows, the input rows are read in place, so nothing is packed, and bias/residual/activation are
 //!   applied while the block is in registers (no second pass over the output, no zero-filled output);
-//!   Not used for one image of fewer than 64 pixels with K > 2*O (the `gemm` crate is faster there);
+//!   Not used for one image of fewer than 64 pixels with K > 2*O (the `gemm` crate is faster there),
+//!   nor for any map of fewer than 64 pixels on AVX2. On AVX2 each block runs as sub-tiles of
+//!   4 channels x 16 pixels (8 accumulators: measured faster than 4 x 24 on the Zen 1 host, where
+//!   12 accumulators made the compiler spill one), and the SqueezeExcitation gate scales the
+//!   weight's columns per image instead of the input rows;
 //! - [`gemv`]: `Y[n, o] = act(W[o,:] . X[n,:] + b[o])` for the 1x1-spatial convolutions of
 //!   SqueezeExcitation and the classifier's `Linear` layers (dot products along K, 4 rows x up to
 //!   4 images per register block). At batch 1 these layers are bound by streaming the weights.
@@ -24,6 +29,10 @@ const NV: usize = 3;
 const NP: usize = NV * 16;
 /// Below this many multiply-adds a call runs on the calling thread.
 const SERIAL_MACS: usize = 1 << 18;
+/// Weight matrices above this many bytes are taken as not staying in L2 between pixel tiles, and
+/// input rows of an image up to this many as staying there (AVX2 task order in [`conv1x1`]).
+const WEIGHTS_IN_L2: usize = 128 << 10;
+const INPUT_IN_L2: usize = 256 << 10;
 /// Below this many multiply-adds [`gemv`] runs on the calling thread. Lower than [`SERIAL_MACS`]:
 /// a GEMV streams its weights from memory, and two threads stream them faster than one.
 const GEMV_SERIAL_MACS: usize = 1 << 15;
@@ -32,17 +41,17 @@ const GEMV_SERIAL_MACS: usize = 1 << 15;
 /// single image with few pixels and a deep reduction (MobileNetV3's 7x7 project convolutions, K =
 /// 672 or 960), where the `gemm` crate's packed kernel measured 10-15% faster.
 pub(crate) fn conv1x1_preferred(n: usize, k: usize, o: usize, p: usize) -> bool {
-    conv1x1_available(o) && !(n == 1 && p < 64 && k > 2 * o)
+    conv1x1_available(o) && !(n == 1 && p < 64 && k > 2 * o) && !(level() == Level::Avx2 && p < 64)
 }
 
-/// Whether [`conv1x1`] handles `o` output channels on this CPU.
+/// Whether [`conv1x1`] handles `o` output channels on this CPU (AVX-512 or AVX2 + FMA).
 pub(crate) fn conv1x1_available(o: usize) -> bool {
-    o > 0 && o.is_multiple_of(MR) && level() == Level::Avx512
+    o > 0 && o.is_multiple_of(MR) && level() != Level::Scalar
 }
 
-/// Whether [`gemv`] runs on this CPU.
+/// Whether [`gemv`] runs on this CPU (AVX-512 or AVX2 + FMA).
 pub(crate) fn gemv_available() -> bool {
-    level() == Level::Avx512
+    level() != Level::Scalar
 }
 
 /// A raw output pointer shared by tasks that write disjoint parts of one buffer.
@@ -103,6 +112,32 @@ pub(crate) fn conv1x1_scaled(
 ) -> Vec<f32> {
     let len = n * o * p;
     let mut out: Vec<f32> = Vec::with_capacity(len);
+    if let (Some(g), Level::Avx2) = (g, level()) {
+        // AVX2: scale the weight's columns per image (`W diag(g[n])`, o*k multiplies) rather
+        // than every input row as it is loaded (one multiply per 4 multiply-adds with 4-row
+        // sub-tiles, and each row is loaded twice per 8-channel block).
+        assert!(g.len() >= n * k && w.len() >= o * k && x.len() >= n * k * p);
+        assert!(res.is_none_or(|r| r.len() >= len));
+        let mut wg = vec![0f32; o * k];
+        for img in 0..n {
+            let gi = &g[img * k..][..k];
+            for (d, wr) in wg.chunks_exact_mut(k).zip(w.chunks_exact(k)) {
+                for ((d, w), g) in d.iter_mut().zip(wr).zip(gi) {
+                    *d = w * g;
+                }
+            }
+            let xi = &x[img * k * p..][..k * p];
+            let ri = res.map(|r| &r[img * o * p..][..o * p]);
+            // SAFETY: `out` has room for `len` floats; image `img` writes its `o * p` of them.
+            unsafe {
+                let dst = out.as_mut_ptr().add(img * o * p);
+                conv1x1_raw(xi, None, &wg, bias, ri, act, 1, k, o, p, dst);
+            }
+        }
+        // SAFETY: every image's outputs were written above.
+        unsafe { out.set_len(len) };
+        return out;
+    }
     // SAFETY: `out` has room for the `len` floats `conv1x1_raw` writes, all of them.
     unsafe {
         conv1x1_raw(x, g, w, bias, res, act, n, k, o, p, out.as_mut_ptr());
@@ -137,8 +172,18 @@ unsafe fn conv1x1_raw(
     assert!(bias.is_none_or(|b| b.len() >= o) && res.is_none_or(|r| r.len() >= len));
     let ptiles = p.div_ceil(NP);
     let oblocks = o / MR;
+    // On AVX2 CPUs (smaller caches, and 8-float vectors: each weight is used for fewer pixels), a
+    // weight matrix too large for L2 is streamed once per pixel tile when every task takes one
+    // tile: there a task takes all the pixel tiles of its image for each 8-channel block instead
+    // (weights read once; the image's input rows, if they fit in L2, read from there).
+    let span = if level() == Level::Avx2 && o * k * 4 > WEIGHTS_IN_L2 && k * p * 4 <= INPUT_IN_L2 {
+        ptiles
+    } else {
+        1
+    };
+    let ptasks = ptiles / span;
     // Enough tasks for two threads to balance, each a whole number of register blocks.
-    let base = n * ptiles;
+    let base = n * ptasks;
     let groups = if base >= 8 {
         1
     } else {
@@ -149,10 +194,8 @@ unsafe fn conv1x1_raw(
     let serial = n * o * k * p < SERIAL_MACS;
     let dst = OutPtr(out_ptr);
     run_jobs(base * groups, serial, |job| {
-        let (img, rest) = (job / (ptiles * groups), job % (ptiles * groups));
+        let (img, rest) = (job / (ptasks * groups), job % (ptasks * groups));
         let (pt, g) = (rest / groups, rest % groups);
-        let p0 = pt * NP;
-        let np = NP.min(p - p0);
         let ob0 = g * per_group;
         let ob1 = (ob0 + per_group).min(oblocks);
         let xs = &x[img * k * p..][..k * p];
@@ -161,12 +204,17 @@ unsafe fn conv1x1_raw(
             let o0 = ob * MR;
             let bs = bias.map(|b| &b[o0..o0 + MR]);
             let rs = res.map(|r| &r[(img * o + o0) * p..][..MR * p]);
-            // SAFETY: rows o0..o0+MR, pixels p0..p0+np of image `img` are in bounds of the
-            // `len`-float buffer (caller's contract) and written by this task only (tasks differ
-            // in image, pixel tile or output-channel group). Together the tasks write all of it.
-            unsafe {
-                let optr = dst.ptr().add((img * o + o0) * p + p0);
-                block(xs, gs, w, bs, rs, act, k, p, o0, p0, np, optr);
+            for t in pt * span..(pt + 1) * span {
+                let p0 = t * NP;
+                let np = NP.min(p - p0);
+                // SAFETY: rows o0..o0+MR, pixels p0..p0+np of image `img` are in bounds of the
+                // `len`-float buffer (caller's contract) and written by this task only (tasks
+                // differ in image, pixel tiles or output-channel group). Together the tasks write
+                // all of it.
+                unsafe {
+                    let optr = dst.ptr().add((img * o + o0) * p + p0);
+                    block(xs, gs, w, bs, rs, act, k, p, o0, p0, np, optr);
+                }
             }
         }
     });
@@ -175,7 +223,8 @@ unsafe fn conv1x1_raw(
 /// One register block: channels `o0..o0+MR`, pixels `p0..p0+np` (np <= NP) of one image.
 ///
 /// # Safety
-/// `out` must be valid for writing rows `0..MR` (stride `p`) of `np` floats; AVX-512 present.
+/// `out` must be valid for writing rows `0..MR` (stride `p`) of `np` floats; AVX-512 or AVX2 +
+/// FMA present.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 unsafe fn block(
@@ -194,7 +243,6 @@ unsafe fn block(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        let (nv, mask) = vectors_and_mask(np);
         let a = Args {
             x: x[p0..].as_ptr(),
             gate: gate.map_or(std::ptr::null(), |g| g.as_ptr()),
@@ -205,25 +253,77 @@ unsafe fn block(
             k,
             ldx: p,
             ldo: p,
-            mask,
             act,
         };
-        // SAFETY: the caller guarantees AVX-512 and the output rows; the input rows
+        // SAFETY: the caller guarantees the SIMD level and the output rows; the input rows
         // x[kk*p + p0 ..][..np] for kk < k lie in `x` (p0 + np <= p), the weight rows o0..o0+MR
-        // in `w`, the residual rows like the output rows; loads past `np` are masked out.
-        match (nv, gate.is_some()) {
-            (1, false) => avx512::tile::<1, false>(&a),
-            (2, false) => avx512::tile::<2, false>(&a),
-            (_, false) => avx512::tile::<NV, false>(&a),
-            (1, true) => avx512::tile::<1, true>(&a),
-            (2, true) => avx512::tile::<2, true>(&a),
-            (_, true) => avx512::tile::<NV, true>(&a),
-        }
+        // in `w`, the residual rows like the output rows.
+        tile(&a, np, gate.is_some());
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = (x, gate, w, bias, res, act, k, p, o0, p0, np, out);
-        unreachable!("conv1x1 is only dispatched on AVX-512 CPUs");
+        unreachable!("conv1x1 is only dispatched on AVX-512 / AVX2 CPUs");
+    }
+}
+
+/// Pixels per AVX2 sub-tile of a register block (2 vectors of 8).
+#[cfg(target_arch = "x86_64")]
+const NP2: usize = 16;
+/// Output channels per AVX2 sub-tile (4 rows x 2 vectors: 8 of the 16 registers accumulate).
+#[cfg(target_arch = "x86_64")]
+const MR2: usize = 4;
+
+/// One register block of `MR` channels x `np <= NP` pixels at `a`, on the CPU's SIMD level:
+/// on AVX-512 one tile of `MR` x up to 3x16; on AVX2 sub-tiles of 4 channels x up to 3x8
+/// pixels. Every output is `bias + sum over kk in order` of one FMA each, then the residual and
+/// the activation, on either level: the same floats.
+///
+/// # Safety
+/// AVX-512 or AVX2 + FMA present; the pointers of `a` valid for `MR` rows of `np` pixels.
+#[cfg(target_arch = "x86_64")]
+unsafe fn tile(a: &Args, np: usize, gated: bool) {
+    if level() == Level::Avx512 {
+        let (nv, mask) = vectors_and_mask(np);
+        // SAFETY: AVX-512 present; loads and stores past `np` are masked out.
+        match (nv, gated) {
+            (1, false) => avx512::tile::<1, false>(a, mask),
+            (2, false) => avx512::tile::<2, false>(a, mask),
+            (_, false) => avx512::tile::<NV, false>(a, mask),
+            (1, true) => avx512::tile::<1, true>(a, mask),
+            (2, true) => avx512::tile::<2, true>(a, mask),
+            (_, true) => avx512::tile::<NV, true>(a, mask),
+        }
+        return;
+    }
+    for s0 in (0..np).step_by(NP2) {
+        let n = NP2.min(np - s0);
+        let nv = n.div_ceil(8);
+        let tail = n - (nv - 1) * 8;
+        for r0 in (0..MR).step_by(MR2) {
+            let sub = Args {
+                x: a.x.add(s0),
+                w: a.w.add(r0 * a.k),
+                bias: row_bias(a.bias, r0),
+                res: if a.res.is_null() {
+                    a.res
+                } else {
+                    a.res.add(r0 * a.ldo + s0)
+                },
+                out: a.out.add(r0 * a.ldo + s0),
+                ..*a
+            };
+            // SAFETY: AVX2 + FMA present (level is not Scalar here); rows r0..r0+4 and pixels
+            // s0..s0+n lie inside the block; loads and stores past `n` are masked out.
+            match (nv, gated) {
+                (1, false) => avx2::tile::<1, false>(&sub, tail),
+                (2, false) => avx2::tile::<2, false>(&sub, tail),
+                (_, false) => avx2::tile::<2, false>(&sub, tail),
+                (1, true) => avx2::tile::<1, true>(&sub, tail),
+                (2, true) => avx2::tile::<2, true>(&sub, tail),
+                (_, true) => avx2::tile::<2, true>(&sub, tail),
+            }
+        }
     }
 }
 
@@ -255,7 +355,6 @@ pub(crate) unsafe fn conv1x1_band(
     #[cfg(target_arch = "x86_64")]
     for p0 in (0..np).step_by(NP) {
         let n = NP.min(np - p0);
-        let (nv, mask) = vectors_and_mask(n);
         for o0 in (0..o).step_by(MR) {
             let a = Args {
                 x: x.add(p0),
@@ -271,26 +370,21 @@ pub(crate) unsafe fn conv1x1_band(
                 k,
                 ldx,
                 ldo,
-                mask,
                 act,
             };
-            // SAFETY: the caller's contract covers rows o0..o0+MR and pixels p0..p0+n; loads
-            // past `n` are masked out.
-            match nv {
-                1 => avx512::tile::<1, false>(&a),
-                2 => avx512::tile::<2, false>(&a),
-                _ => avx512::tile::<NV, false>(&a),
-            }
+            // SAFETY: the caller's contract covers rows o0..o0+MR and pixels p0..p0+n.
+            tile(&a, n, false);
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = (x, ldx, w, bias, res, act, k, o, np, out, ldo);
-        unreachable!("conv1x1_band is only dispatched on AVX-512 CPUs");
+        unreachable!("conv1x1_band is only dispatched on AVX-512 / AVX2 CPUs");
     }
 }
 
 #[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
 struct Args {
     /// `x[0, p0]` of the image (row stride `ldx`).
     x: *const f32,
@@ -309,8 +403,6 @@ struct Args {
     ldx: usize,
     /// Row stride of `out` and `res`.
     ldo: usize,
-    /// Lanes of the last vector of each row.
-    mask: u16,
     act: Activation,
 }
 
@@ -337,8 +429,8 @@ mod avx512 {
     /// # Safety
     /// See `super::block`: AVX-512 present, all pointers valid for the rows/lanes used.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn tile<const V: usize, const GATED: bool>(a: &Args) {
-        let mask = a.mask as __mmask16;
+    pub(super) unsafe fn tile<const V: usize, const GATED: bool>(a: &Args, mask: u16) {
+        let mask = mask as __mmask16;
         let mut acc = [[_mm512_setzero_ps(); V]; MR];
         if !a.bias.is_null() {
             for (i, row) in acc.iter_mut().enumerate() {
@@ -447,6 +539,188 @@ mod avx512 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{Activation, Args, MR2};
+    use std::arch::x86_64::*;
+
+    /// The same formula as `avx512::act`, on 8 lanes.
+    #[inline(always)]
+    unsafe fn act(v: __m256, a: Activation) -> __m256 {
+        match a {
+            Activation::None => v,
+            Activation::Relu => _mm256_max_ps(v, _mm256_setzero_ps()),
+            Activation::Hardswish => {
+                let t = _mm256_add_ps(v, _mm256_set1_ps(3.0));
+                let t = _mm256_min_ps(_mm256_max_ps(t, _mm256_setzero_ps()), _mm256_set1_ps(6.0));
+                _mm256_mul_ps(v, _mm256_mul_ps(t, _mm256_set1_ps(1.0 / 6.0)))
+            }
+        }
+    }
+
+    /// The lane mask of the first `n <= 8` lanes (all-ones lanes are loaded / stored).
+    #[inline(always)]
+    unsafe fn lanes(n: usize) -> __m256i {
+        _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(n as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        )
+    }
+
+    /// `V` vectors of a row at `p`, the last one `tail` lanes (the rest read as zero).
+    #[inline(always)]
+    unsafe fn load_row<const V: usize>(p: *const f32, tail: usize, m: __m256i) -> [__m256; V] {
+        let mut v = [_mm256_setzero_ps(); V];
+        for (j, x) in v.iter_mut().enumerate() {
+            *x = if j + 1 < V || tail == 8 {
+                _mm256_loadu_ps(p.add(8 * j))
+            } else {
+                _mm256_maskload_ps(p.add(8 * j), m)
+            };
+        }
+        v
+    }
+
+    /// `MR2` output channels x `V` vectors of 8 pixels (the last `tail` lanes wide) of
+    /// `super::tile`'s block: 12 accumulators at `V == 3`, each weight broadcast from its row.
+    ///
+    /// # Safety
+    /// AVX2 + FMA present; the pointers of `a` valid for `MR2` rows of `8 * (V - 1) + tail`
+    /// pixels (nothing past them is read or written).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn tile<const V: usize, const GATED: bool>(a: &Args, tail: usize) {
+        let m = lanes(tail);
+        let mut acc = [[_mm256_setzero_ps(); V]; MR2];
+        if !a.bias.is_null() {
+            for (i, row) in acc.iter_mut().enumerate() {
+                *row = [_mm256_set1_ps(*a.bias.add(i)); V];
+            }
+        }
+        let (w, k) = (a.w, a.k);
+        for kk in 0..k {
+            let mut xv = load_row::<V>(a.x.add(kk * a.ldx), tail, m);
+            if GATED {
+                let g = _mm256_set1_ps(*a.gate.add(kk));
+                for v in xv.iter_mut() {
+                    *v = _mm256_mul_ps(*v, g);
+                }
+            }
+            for (i, row) in acc.iter_mut().enumerate() {
+                let wb = _mm256_set1_ps(*w.add(i * k + kk));
+                for (c, v) in row.iter_mut().zip(&xv) {
+                    *c = _mm256_fmadd_ps(wb, *v, *c);
+                }
+            }
+        }
+        for (i, row) in acc.iter().enumerate() {
+            let o = a.out.add(i * a.ldo);
+            let r = if a.res.is_null() {
+                None
+            } else {
+                Some(load_row::<V>(a.res.add(i * a.ldo), tail, m))
+            };
+            for (j, c) in row.iter().enumerate() {
+                let mut v = *c;
+                if let Some(r) = &r {
+                    v = _mm256_add_ps(v, r[j]);
+                }
+                let v = act(v, a.act);
+                if j + 1 < V || tail == 8 {
+                    _mm256_storeu_ps(o.add(8 * j), v);
+                } else {
+                    _mm256_maskstore_ps(o.add(8 * j), m, v);
+                }
+            }
+        }
+    }
+
+    /// The sum of the 8 lanes.
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    /// One 8-float chunk `c` of [`dots`]: `acc[r][j] += w[r, 8c..] * x[j, 8c..]`.
+    #[inline(always)]
+    unsafe fn step<const R: usize, const B: usize>(
+        acc: &mut [[__m256; B]; R],
+        w: *const f32,
+        x: *const f32,
+        k: usize,
+        c: usize,
+    ) {
+        let mut xv = [_mm256_setzero_ps(); B];
+        for (j, v) in xv.iter_mut().enumerate() {
+            *v = _mm256_loadu_ps(x.add(j * k + 8 * c));
+        }
+        for (r, row) in acc.iter_mut().enumerate() {
+            let wv = _mm256_loadu_ps(w.add(r * k + 8 * c));
+            for (a, v) in row.iter_mut().zip(&xv) {
+                *a = _mm256_fmadd_ps(wv, *v, *a);
+            }
+        }
+    }
+
+    /// `out[j*ldo + r] = act(w[r,:] . x[j,:] + b[r])` for `r < R`, `j < B` (`R * B <= 8`; one
+    /// image runs two accumulator chains per row, over even and odd 8-float chunks).
+    ///
+    /// # Safety
+    /// AVX2 + FMA present; `w` valid for `R` rows of `k` floats (stride `k`), `x` for `B` rows
+    /// (stride `k`), `bias` for `R` floats or null, `out` as indexed above.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn dots<const R: usize, const B: usize>(
+        w: *const f32,
+        x: *const f32,
+        k: usize,
+        bias: *const f32,
+        act_kind: Activation,
+        out: *mut f32,
+        ldo: usize,
+    ) {
+        let mut acc = [[[_mm256_setzero_ps(); B]; R]; 2];
+        let full = k / 8;
+        let mut c = 0;
+        if B == 1 {
+            while c + 2 <= full {
+                let [a0, a1] = &mut acc;
+                step(a0, w, x, k, c);
+                step(a1, w, x, k, c + 1);
+                c += 2;
+            }
+        }
+        while c < full {
+            step(&mut acc[0], w, x, k, c);
+            c += 1;
+        }
+        let rem = k - full * 8;
+        if rem > 0 {
+            let m = lanes(rem);
+            let mut xv = [_mm256_setzero_ps(); B];
+            for (j, v) in xv.iter_mut().enumerate() {
+                *v = _mm256_maskload_ps(x.add(j * k + 8 * full), m);
+            }
+            for (r, row) in acc[0].iter_mut().enumerate() {
+                let wv = _mm256_maskload_ps(w.add(r * k + 8 * full), m);
+                for (a, v) in row.iter_mut().zip(&xv) {
+                    *a = _mm256_fmadd_ps(wv, *v, *a);
+                }
+            }
+        }
+        let [a0, a1] = &acc;
+        for (r, (row0, row1)) in a0.iter().zip(a1).enumerate() {
+            let b = if bias.is_null() { 0.0 } else { *bias.add(r) };
+            for (j, (v0, v1)) in row0.iter().zip(row1).enumerate() {
+                let s = hsum(_mm256_add_ps(*v0, *v1)) + b;
+                *out.add(j * ldo + r) = super::super::cpu::activate(s, act_kind);
+            }
+        }
+    }
+}
+
 /// `bias + r`, or null without a bias.
 #[cfg(target_arch = "x86_64")]
 fn row_bias(bias: *const f32, r: usize) -> *const f32 {
@@ -457,9 +731,11 @@ fn row_bias(bias: *const f32, r: usize) -> *const f32 {
     }
 }
 
-/// Rows of [`gemv`]'s register block and images per block.
+/// Rows of [`gemv`]'s register block and images per block (AVX-512; AVX2 takes [`GB2`] images:
+/// 4 rows x 4 images of accumulators would not fit its 16 registers).
 const GR: usize = 4;
 const GB: usize = 4;
+const GB2: usize = 2;
 
 /// `out[j, r] = act(w[r,:] . x[j,:] + bias[r])` for `x: [n, k]`, `w: [o, k]`, out `[n, o]`.
 /// The caller checks [`gemv_available`].
@@ -482,18 +758,20 @@ pub(crate) fn gemv(
     let groups = if serial { 1 } else { rblocks.min(8) };
     let per_group = rblocks.div_ceil(groups);
     let groups = rblocks.div_ceil(per_group);
+    let wide = level() == Level::Avx512;
+    let gb = if wide { GB } else { GB2 };
     let dst = OutPtr(out.as_mut_ptr());
     run_jobs(groups, serial, |g| {
         let r0 = g * per_group * GR;
         let r1 = ((g + 1) * per_group * GR).min(o);
-        for j0 in (0..n).step_by(GB) {
-            let nb = GB.min(n - j0);
+        for j0 in (0..n).step_by(gb) {
+            let nb = gb.min(n - j0);
             for rb in (r0..r1).step_by(GR) {
                 let nr = GR.min(r1 - rb);
                 // SAFETY: rows rb..rb+nr of `w`, images j0..j0+nb of `x` and `bias[rb..]` are in
                 // bounds (asserted above); the outputs (j, r) for those rows/images lie in the
-                // `len`-float buffer and only this task writes rows r0..r1. AVX-512 is present
-                // (gemv_available).
+                // `len`-float buffer and only this task writes rows r0..r1. AVX-512 (`wide`) or
+                // AVX2 + FMA is present (gemv_available).
                 #[cfg(target_arch = "x86_64")]
                 unsafe {
                     let wp = w[rb * k..].as_ptr();
@@ -501,18 +779,15 @@ pub(crate) fn gemv(
                     let bp = bias.map_or(std::ptr::null(), |b| b[rb..].as_ptr());
                     let op = dst.ptr().add(j0 * o + rb);
                     macro_rules! go {
-                        ($r:literal, $b:literal) => {
-                            avx512::dots::<$r, $b>(wp, xp, k, bp, act, op, o)
+                        ($m:ident, $r:literal, $b:literal) => {
+                            $m::dots::<$r, $b>(wp, xp, k, bp, act, op, o)
                         };
                     }
-                    match (nr, nb) {
-                        (4, 4) => go!(4, 4),
-                        (4, 3) => go!(4, 3),
-                        (4, 2) => go!(4, 2),
-                        (4, 1) => go!(4, 1),
-                        (_, 4) => {
+                    // rows one by one (`nr < GR`), each over `B` images at once
+                    macro_rules! rows {
+                        ($m:ident, $b:literal) => {
                             for r in 0..nr {
-                                avx512::dots::<1, 4>(
+                                $m::dots::<1, $b>(
                                     wp.add(r * k),
                                     xp,
                                     k,
@@ -522,19 +797,31 @@ pub(crate) fn gemv(
                                     o,
                                 )
                             }
-                        }
+                        };
+                    }
+                    match (wide, nr, nb) {
+                        (true, 4, 4) => go!(avx512, 4, 4),
+                        (true, 4, 3) => go!(avx512, 4, 3),
+                        (true, 4, 2) => go!(avx512, 4, 2),
+                        (true, 4, 1) => go!(avx512, 4, 1),
+                        (true, _, 4) => rows!(avx512, 4),
+                        (false, 4, 2) => go!(avx2, 4, 2),
+                        (false, 4, 1) => go!(avx2, 4, 1),
+                        (false, _, 2) => rows!(avx2, 2),
                         _ => {
                             for r in 0..nr {
                                 for j in 0..nb {
-                                    avx512::dots::<1, 1>(
+                                    let (w1, x1, b1, o1) = (
                                         wp.add(r * k),
                                         xp.add(j * k),
-                                        k,
                                         row_bias(bp, r),
-                                        act,
                                         op.add(j * o + r),
-                                        o,
-                                    )
+                                    );
+                                    if wide {
+                                        avx512::dots::<1, 1>(w1, x1, k, b1, act, o1, o);
+                                    } else {
+                                        avx2::dots::<1, 1>(w1, x1, k, b1, act, o1, o);
+                                    }
                                 }
                             }
                         }
@@ -542,8 +829,8 @@ pub(crate) fn gemv(
                 }
                 #[cfg(not(target_arch = "x86_64"))]
                 {
-                    let _ = (rb, nr, nb, &dst);
-                    unreachable!("gemv is only dispatched on AVX-512 CPUs");
+                    let _ = (rb, nr, nb, &dst, wide);
+                    unreachable!("gemv is only dispatched on AVX-512 / AVX2 CPUs");
                 }
             }
         }
