@@ -118,14 +118,15 @@ pub(crate) fn conv1x1_scaled(
         // sub-tiles, and each row is loaded twice per 8-channel block).
         assert!(g.len() >= n * k && w.len() >= o * k && x.len() >= n * k * p);
         assert!(res.is_none_or(|r| r.len() >= len));
-        let mut wg = vec![0f32; o * k];
+        let mut wg: Vec<f32> = Vec::with_capacity(o * k);
         for img in 0..n {
             let gi = &g[img * k..][..k];
-            for (d, wr) in wg.chunks_exact_mut(k).zip(w.chunks_exact(k)) {
-                for ((d, w), g) in d.iter_mut().zip(wr).zip(gi) {
-                    *d = w * g;
-                }
-            }
+            wg.clear();
+            wg.extend(
+                w[..o * k]
+                    .chunks_exact(k)
+                    .flat_map(|wr| wr.iter().zip(gi).map(|(w, g)| w * g)),
+            );
             let xi = &x[img * k * p..][..k * p];
             let ri = res.map(|r| &r[img * o * p..][..o * p]);
             // SAFETY: `out` has room for `len` floats; image `img` writes its `o * p` of them.
