@@ -6,10 +6,10 @@
 //!   rows, the input rows are read in place, so nothing is packed, and bias/residual/activation are
 //!   applied while the block is in registers (no second pass over the output, no zero-filled output);
 //!   Not used for one image of fewer than 64 pixels with K > 2*O (the `gemm` crate is faster there),
-//!   nor for any map of fewer than 64 pixels on AVX2. On AVX2 each block runs as sub-tiles of
-//!   4 channels x 16 pixels (8 accumulators: measured faster than 4 x 24 on the Zen 1 host, where
-//!   12 accumulators made the compiler spill one), and the SqueezeExcitation gate scales the
-//!   weight's columns per image instead of the input rows;
+//!   and on AVX2 only for the shapes where it measured faster (`avx2_preferred`). On AVX2 each
+//!   block runs as sub-tiles of 4 channels x 16 pixels (8 accumulators: measured faster than
+//!   4 x 24 on the Zen 1 host, where 12 accumulators made the compiler spill one), and the
+//!   SqueezeExcitation gate scales the weight's columns per image instead of the input rows;
 //! - [`gemv`]: `Y[n, o] = act(W[o,:] . X[n,:] + b[o])` for the 1x1-spatial convolutions of
 //!   SqueezeExcitation and the classifier's `Linear` layers (dot products along K, 4 rows x up to
 //!   4 images per register block). At batch 1 these layers are bound by streaming the weights.
@@ -41,7 +41,16 @@ const GEMV_SERIAL_MACS: usize = 1 << 15;
 /// single image with few pixels and a deep reduction (MobileNetV3's 7x7 project convolutions, K =
 /// 672 or 960), where the `gemm` crate's packed kernel measured 10-15% faster.
 pub(crate) fn conv1x1_preferred(n: usize, k: usize, o: usize, p: usize) -> bool {
-    conv1x1_available(o) && !(n == 1 && p < 64 && k > 2 * o) && !(level() == Level::Avx2 && p < 64)
+    conv1x1_available(o)
+        && !(n == 1 && p < 64 && k > 2 * o)
+        && (level() != Level::Avx2 || avx2_preferred(k, o, p))
+}
+
+/// On AVX2, [`conv1x1`] measured faster than the `gemm` crate on MobileNetV3's 1x1 layers (few
+/// channels on the large maps, any up to 160 x 960 on maps of 14x14 to 8x8) and slower on Wide
+/// ResNet's (64+ channels on 28x28 and 56x56 maps: ~2% of a whole pass), and on 7x7 maps.
+fn avx2_preferred(k: usize, o: usize, p: usize) -> bool {
+    p >= 64 && k * o <= 160 * 960 && (k.min(o) < 64 || p <= 196)
 }
 
 /// Whether [`conv1x1`] handles `o` output channels on this CPU (AVX-512 or AVX2 + FMA).
