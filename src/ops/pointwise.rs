@@ -285,9 +285,10 @@ const NP2: usize = 16;
 const MR2: usize = 4;
 
 /// One register block of `MR` channels x `np <= NP` pixels at `a`, on the CPU's SIMD level:
-/// on AVX-512 one tile of `MR` x up to 3x16; on AVX2 sub-tiles of 4 channels x up to 3x8
+/// on AVX-512 one tile of `MR` x up to 3x16; on AVX2 sub-tiles of 4 channels x up to 2x8
 /// pixels. Every output is `bias + sum over kk in order` of one FMA each, then the residual and
-/// the activation, on either level: the same floats.
+/// the activation, on either level: the same floats. `gated` (input rows scaled by `a.gate`)
+/// only on AVX-512: on AVX2 [`conv1x1_scaled`] scales the weight instead.
 ///
 /// # Safety
 /// AVX-512 or AVX2 + FMA present; the pointers of `a` valid for `MR` rows of `np` pixels.
@@ -306,6 +307,7 @@ unsafe fn tile(a: &Args, np: usize, gated: bool) {
         }
         return;
     }
+    assert!(!gated, "the AVX2 1x1 tile takes pre-scaled weights");
     for s0 in (0..np).step_by(NP2) {
         let n = NP2.min(np - s0);
         let nv = n.div_ceil(8);
@@ -325,13 +327,9 @@ unsafe fn tile(a: &Args, np: usize, gated: bool) {
             };
             // SAFETY: AVX2 + FMA present (level is not Scalar here); rows r0..r0+4 and pixels
             // s0..s0+n lie inside the block; loads and stores past `n` are masked out.
-            match (nv, gated) {
-                (1, false) => avx2::tile::<1, false>(&sub, tail),
-                (2, false) => avx2::tile::<2, false>(&sub, tail),
-                (_, false) => avx2::tile::<2, false>(&sub, tail),
-                (1, true) => avx2::tile::<1, true>(&sub, tail),
-                (2, true) => avx2::tile::<2, true>(&sub, tail),
-                (_, true) => avx2::tile::<2, true>(&sub, tail),
+            match nv {
+                1 => avx2::tile::<1>(&sub, tail),
+                _ => avx2::tile::<2>(&sub, tail),
             }
         }
     }
@@ -598,7 +596,7 @@ mod avx2 {
     /// AVX2 + FMA present; the pointers of `a` valid for `MR2` rows of `8 * (V - 1) + tail`
     /// pixels (nothing past them is read or written).
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn tile<const V: usize, const GATED: bool>(a: &Args, tail: usize) {
+    pub(super) unsafe fn tile<const V: usize>(a: &Args, tail: usize) {
         let m = lanes(tail);
         let mut acc = [[_mm256_setzero_ps(); V]; MR2];
         if !a.bias.is_null() {
@@ -608,13 +606,7 @@ mod avx2 {
         }
         let (w, k) = (a.w, a.k);
         for kk in 0..k {
-            let mut xv = load_row::<V>(a.x.add(kk * a.ldx), tail, m);
-            if GATED {
-                let g = _mm256_set1_ps(*a.gate.add(kk));
-                for v in xv.iter_mut() {
-                    *v = _mm256_mul_ps(*v, g);
-                }
-            }
+            let xv = load_row::<V>(a.x.add(kk * a.ldx), tail, m);
             for (i, row) in acc.iter_mut().enumerate() {
                 let wb = _mm256_set1_ps(*w.add(i * k + kk));
                 for (c, v) in row.iter_mut().zip(&xv) {
