@@ -666,8 +666,9 @@ mod avx2 {
         }
     }
 
-    /// `out[j*ldo + r] = act(w[r,:] . x[j,:] + b[r])` for `r < R`, `j < B` (`R * B <= 8`; one
-    /// image runs two accumulator chains per row, over even and odd 8-float chunks).
+    /// `out[j*ldo + r] = act(w[r,:] . x[j,:] + b[r])` for `r < R`, `j < B` (`R * B <= 8`). One
+    /// accumulator chain per (row, image) whatever `B` is, so an image gets the same floats alone
+    /// or in a batch (the server's answers do not depend on how requests were batched).
     ///
     /// # Safety
     /// AVX2 + FMA present; `w` valid for `R` rows of `k` floats (stride `k`), `x` for `B` rows
@@ -683,20 +684,10 @@ mod avx2 {
         out: *mut f32,
         ldo: usize,
     ) {
-        let mut acc = [[[_mm256_setzero_ps(); B]; R]; 2];
+        let mut acc = [[_mm256_setzero_ps(); B]; R];
         let full = k / 8;
-        let mut c = 0;
-        if B == 1 {
-            while c + 2 <= full {
-                let [a0, a1] = &mut acc;
-                step(a0, w, x, k, c);
-                step(a1, w, x, k, c + 1);
-                c += 2;
-            }
-        }
-        while c < full {
-            step(&mut acc[0], w, x, k, c);
-            c += 1;
+        for c in 0..full {
+            step(&mut acc, w, x, k, c);
         }
         let rem = k - full * 8;
         if rem > 0 {
@@ -705,18 +696,17 @@ mod avx2 {
             for (j, v) in xv.iter_mut().enumerate() {
                 *v = _mm256_maskload_ps(x.add(j * k + 8 * full), m);
             }
-            for (r, row) in acc[0].iter_mut().enumerate() {
+            for (r, row) in acc.iter_mut().enumerate() {
                 let wv = _mm256_maskload_ps(w.add(r * k + 8 * full), m);
                 for (a, v) in row.iter_mut().zip(&xv) {
                     *a = _mm256_fmadd_ps(wv, *v, *a);
                 }
             }
         }
-        let [a0, a1] = &acc;
-        for (r, (row0, row1)) in a0.iter().zip(a1).enumerate() {
+        for (r, row) in acc.iter().enumerate() {
             let b = if bias.is_null() { 0.0 } else { *bias.add(r) };
-            for (j, (v0, v1)) in row0.iter().zip(row1).enumerate() {
-                let s = hsum(_mm256_add_ps(*v0, *v1)) + b;
+            for (j, v) in row.iter().enumerate() {
+                let s = hsum(*v) + b;
                 *out.add(j * ldo + r) = super::super::cpu::activate(s, act_kind);
             }
         }

@@ -744,6 +744,25 @@ fn linear_matches_reference() {
     .is_err());
 }
 
+#[test]
+fn linear_gives_an_image_the_same_floats_alone_or_in_a_batch() {
+    // The server batches requests as they come: a request's answer must not depend on the batch
+    // it ran in, so each image of a batch must get exactly the floats it gets alone.
+    let (k, o) = (960, 1280);
+    let w = rand_tensor(&[o, k], 41);
+    let b = rand_tensor(&[o], 42);
+    for n in [2, 3, 5] {
+        let x = rand_tensor(&[n, k], 40 + n as u64);
+        let all = linear(&x, &w, Some(&b), Activation::Hardswish).unwrap();
+        for j in 0..n {
+            let xj = x.narrow(0, j, 1).unwrap();
+            let alone = linear(&xj, &w, Some(&b), Activation::Hardswish).unwrap();
+            let inb = all.narrow(0, j, 1).unwrap();
+            assert_eq!(max_diff(&alone, &inb), 0.0, "image {j} of {n}");
+        }
+    }
+}
+
 /// A forward-pass-like body: many small parallel kernels in a row, and a result to check.
 fn many_kernels(seed: usize) -> usize {
     use rayon::prelude::*;
