@@ -47,8 +47,8 @@ pub(crate) fn conv1x1_preferred(n: usize, k: usize, o: usize, p: usize) -> bool 
 }
 
 /// On AVX2, [`conv1x1`] measured faster than the `gemm` crate on MobileNetV3's 1x1 layers (few
-/// channels on the large maps, any up to 160 x 960 on maps of 14x14 to 8x8) and slower on Wide
-/// ResNet's (64+ channels on 28x28 and 56x56 maps: ~2% of a whole pass), and on 7x7 maps.
+/// channels on the large maps, any up to 160 x 960 on maps of 14x14 to 8x8), and even or slower
+/// per layer on Wide ResNet's (64+ channels on 28x28 and 56x56 maps) and on 7x7 maps.
 fn avx2_preferred(k: usize, o: usize, p: usize) -> bool {
     p >= 64 && k * o <= 160 * 960 && (k.min(o) < 64 || p <= 196)
 }
