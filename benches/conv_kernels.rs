@@ -16,6 +16,8 @@
 //! to 232 pixels (Pillow's bilinear, 7 taps, the 224 center-crop columns of 466 rows), the AVX-512
 //! pass (`ops::resize`) and its AVX-512 VBMI blocks (`ops::resize::Blocks`) with the same sums
 //! in scalar code (single-threaded, like the server's decoders).
+//! The `jpeg_decode` group compares, on a 640x480 4:2:0 JPEG like the server benchmark's, the
+//! decoder `preprocess::decode` uses (libjpeg-turbo) with `image`'s own (zune-jpeg).
 //! The `wino_gemm` group compares, on the 16 GEMMs of one Winograd F(2,3) call of Wide ResNet's
 //! 3x3 stride-1 layers at batch 1 (`U[e] (O x C) x V[e] (C x tiles)`, the input rows 16 elements
 //! apart as the input transform writes them), the packed-weight kernel
@@ -510,6 +512,46 @@ fn resize_hpass(c: &mut Criterion) {
     group.finish();
 }
 
+fn jpeg_decode(c: &mut Criterion) {
+    use imgclass::preprocess::{self, DecodeLimits};
+    // the server benchmark's image: a 640x480 gradient with noise, quality 90, 4:2:0 (libjpeg-turbo's
+    // encoder, as PIL's `save(quality=90)`)
+    let (w, h) = (640usize, 480usize);
+    let mut state = 12345u32;
+    let mut noise = || {
+        state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        ((state >> 24) as i32 - 128) / 4
+    };
+    let mut rgb = vec![0u8; w * h * 3];
+    for y in 0..h {
+        for x in 0..w {
+            let base = [x * 255 / w, y * 255 / h, (x + y) * 255 / (w + h)];
+            for (ch, b) in base.into_iter().enumerate() {
+                rgb[(y * w + x) * 3 + ch] = (b as i32 + noise()).clamp(0, 255) as u8;
+            }
+        }
+    }
+    let image = turbojpeg::Image {
+        pixels: rgb.as_slice(),
+        width: w,
+        pitch: w * 3,
+        height: h,
+        format: turbojpeg::PixelFormat::RGB,
+    };
+    let Ok(jpeg) = turbojpeg::compress(image, 90, turbojpeg::Subsamp::Sub2x2) else {
+        return;
+    };
+    let limits = DecodeLimits::default();
+    let mut group = c.benchmark_group("jpeg_decode");
+    group.bench_function("libjpeg_turbo", |b| {
+        b.iter(|| preprocess::decode(&jpeg, &limits).map(|i| i.len()))
+    });
+    group.bench_function("zune_jpeg", |b| {
+        b.iter(|| image::load_from_memory(&jpeg).map(|i| i.to_rgb8().len()))
+    });
+    group.finish();
+}
+
 fn wino_gemm(c: &mut Criterion) {
     use ops::{dense, packed1x1};
     let mut group = c.benchmark_group("wino_gemm");
@@ -559,6 +601,7 @@ criterion_group!(
     depthwise_small,
     fused_block,
     resize_hpass,
+    jpeg_decode,
     wino_gemm
 );
 criterion_main!(benches);

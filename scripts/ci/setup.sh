@@ -6,13 +6,17 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 export DEBIAN_FRONTEND=noninteractive
 
-# nginx: the e2e tests' ingress; shellcheck: actionlint checks the workflows' `run:` scripts with it.
-if ! command -v nginx >/dev/null || ! command -v shellcheck >/dev/null; then
+# nginx: the e2e tests' ingress; shellcheck: actionlint checks the workflows' `run:` scripts with it;
+# cmake and nasm: the build compiles libjpeg-turbo (JPEG decoding) from source, with its SIMD code.
+if ! command -v nginx >/dev/null || ! command -v shellcheck >/dev/null \
+  || ! command -v cmake >/dev/null || ! command -v nasm >/dev/null; then
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends nginx shellcheck >/dev/null
+  apt-get install -y -qq --no-install-recommends nginx shellcheck cmake nasm >/dev/null
 fi
 nginx -v
 shellcheck --version | head -n2
+cmake --version | head -n1
+nasm -v
 
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo fmt --version

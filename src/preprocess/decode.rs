@@ -349,13 +349,47 @@ fn decode_with(bytes: &[u8], format: ImageFormat, limits: &DecodeLimits) -> Resu
     }
     // A broken EXIF block must not make a good image fail: no orientation then.
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
-    let mut img = DynamicImage::from_decoder(decoder)
-        .map_err(|e| map_image_error(e, format, Some((w, h)), limits))?;
+    let turbo = if format == ImageFormat::Jpeg {
+        turbo_rgb(bytes, (w, h))
+    } else {
+        None
+    };
+    let mut img = match turbo {
+        Some(rgb) => DynamicImage::ImageRgb8(rgb),
+        None => DynamicImage::from_decoder(decoder)
+            .map_err(|e| map_image_error(e, format, Some((w, h)), limits))?,
+    };
     img.apply_orientation(orientation);
     Ok(match img {
         DynamicImage::ImageRgb8(rgb) => rgb,
         other => other.to_rgb8(),
     })
+}
+
+/// A JPEG's RGB pixels from libjpeg-turbo: the decoder PIL uses, with PIL's settings (accurate
+/// integer IDCT, "fancy" triangle upsampling of subsampled chroma), so the pixels are PIL's, and
+/// about 1.5× as fast as `image`'s decoder on a 640×480 photo (Huffman decoding dominates).
+/// `None` when libjpeg-turbo cannot give RGB (CMYK / YCCK, 12-bit, a decoding error, dimensions
+/// other than those `image` read): the caller then decodes with `image`, whose error messages and
+/// colour handling stay the reference for anything unusual.
+fn turbo_rgb(bytes: &[u8], (w, h): (u32, u32)) -> Option<RgbImage> {
+    let mut d = turbojpeg::Decompressor::new().ok()?;
+    let header = d.read_header(bytes).ok()?;
+    if (header.width, header.height) != (w as usize, h as usize) || header.is_lossless {
+        return None;
+    }
+    d.set_scan_limit(MAX_JPEG_SCANS as u32).ok()?;
+    let len = header.width.checked_mul(header.height)?.checked_mul(3)?;
+    let mut pixels = vec![0u8; len];
+    let out = turbojpeg::Image {
+        pixels: pixels.as_mut_slice(),
+        width: header.width,
+        pitch: header.width * 3,
+        height: header.height,
+        format: turbojpeg::PixelFormat::RGB,
+    };
+    d.decompress(bytes, out).ok()?;
+    RgbImage::from_raw(w, h, pixels)
 }
 
 #[cfg(test)]
