@@ -275,7 +275,7 @@ impl Blocks {
 }
 
 /// Whether [`Blocks`] can run on this CPU.
-fn vbmi_available() -> bool {
+pub(crate) fn vbmi_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         level() == Level::Avx512

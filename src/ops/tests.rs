@@ -1357,7 +1357,7 @@ fn resize_horizontal_pass_matches_the_tap_sums() {
     // The VBMI blocks take the downscales whose 16-pixel blocks read at most 128 bytes: 640 ->
     // 309 (2.07x, the server's 640x480 photo) and the small rows at every tap count; 640 -> 224
     // (2.9x: 15 * 2.9 * 3 = 128 bytes before the taps) never.
-    if std::arch::is_x86_feature_detected!("avx512vbmi") {
+    if resize::vbmi_available() {
         for ksize in 1..=resize::MAX_TAPS {
             for in_px in [40, 12] {
                 assert!(
