@@ -347,13 +347,13 @@ fn run_instance(
         if !cfg.test_delay.is_zero() {
             std::thread::sleep(cfg.test_delay);
         }
-        let run = || {
+        let mut run = || {
             if cfg.test_fault {
                 Err(Error::Inference(format!(
                     "test hook IMGCLASS_TEST_PRIMARY_FAULT: {name} forward pass forced to fail"
                 )))
             } else {
-                forward_batch(model, &live)
+                forward_batch(model, &mut live)
             }
         };
         let (result, secs) = match (&own_pool, wide) {
@@ -469,18 +469,26 @@ impl BatchPolicy {
     }
 }
 
-fn forward_batch(model: &Classifier, jobs: &[Job]) -> Result<Vec<Vec<f32>>> {
+fn forward_batch(model: &Classifier, jobs: &mut [Job]) -> Result<Vec<Vec<f32>>> {
     let len = input_len();
-    let mut flat = Vec::with_capacity(jobs.len() * len);
-    for j in jobs {
-        if j.input.len() != len {
-            return Err(Error::Internal(format!(
-                "preprocessed input has {} values, expected {len}",
-                j.input.len()
-            )));
-        }
-        flat.extend_from_slice(&j.input);
+    if let Some(j) = jobs.iter().find(|j| j.input.len() != len) {
+        return Err(Error::Internal(format!(
+            "preprocessed input has {} values, expected {len}",
+            j.input.len()
+        )));
     }
+    let flat = if let [only] = jobs {
+        // one image: its buffer becomes the batch without a copy when nothing else holds it (the
+        // lite profile; in the full profile the fallback keeps a reference until the answer)
+        let input = std::mem::take(&mut only.input);
+        Arc::try_unwrap(input).unwrap_or_else(|shared| shared.as_ref().clone())
+    } else {
+        let mut flat = Vec::with_capacity(jobs.len() * len);
+        for j in jobs.iter() {
+            flat.extend_from_slice(&j.input);
+        }
+        flat
+    };
     let batch = Tensor::from_vec(flat, (jobs.len(), 3, 224, 224), &Device::Cpu)?;
     let logits = run_forward(model, &batch)?;
     let rows = logits.to_vec2::<f32>()?;
