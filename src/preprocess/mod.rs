@@ -173,13 +173,13 @@ pub fn resize_center_crop(img: &RgbImage, t: &Transform) -> Result<RgbImage> {
 
 /// Scale to [0,1] and normalise: CHW f32, length 3*crop*crop.
 pub fn normalize(crop: &RgbImage, t: &Transform) -> Vec<f32> {
-    let (w, h) = crop.dimensions();
-    let n = w as usize * h as usize;
-    let mut out = vec![0f32; 3 * n];
-    for (i, p) in crop.pixels().enumerate() {
-        for c in 0..3 {
-            out[c * n + i] = (f32::from(p[c]) / 255.0 - t.mean[c]) / t.std[c];
-        }
+    let raw = crop.as_raw();
+    let mut out = Vec::with_capacity(raw.len());
+    for c in 0..3 {
+        // torchvision's float32 arithmetic, done once per byte value instead of once per sample
+        let lut: [f32; 256] =
+            std::array::from_fn(|v| (f32::from(v as u8) / 255.0 - t.mean[c]) / t.std[c]);
+        out.extend(raw.iter().skip(c).step_by(3).map(|&v| lut[usize::from(v)]));
     }
     out
 }
@@ -347,6 +347,30 @@ pub fn preprocess_timed(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn normalize_is_torchvision_arithmetic_per_sample_in_chw_order() {
+        // every byte value in every channel, at pixels that differ per channel
+        let (w, h) = (32u32, 24u32);
+        let img = RgbImage::from_fn(w, h, |x, y| {
+            let i = (y * w + x) as u8;
+            image::Rgb([i, i.wrapping_mul(7).wrapping_add(3), 255 - i])
+        });
+        let t = Transform::IMAGENET;
+        let got = normalize(&img, &t);
+        let n = (w * h) as usize;
+        assert_eq!(got.len(), 3 * n);
+        for (i, p) in img.pixels().enumerate() {
+            for c in 0..3 {
+                let want = (f32::from(p[c]) / 255.0 - t.mean[c]) / t.std[c];
+                assert_eq!(
+                    got[c * n + i].to_bits(),
+                    want.to_bits(),
+                    "pixel {i} channel {c}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn resized_size_matches_torchvision() {
