@@ -348,13 +348,20 @@ impl Server {
     }
 
     fn metric(&self, series: &str) -> f64 {
+        self.metric_or(series, None)
+    }
+
+    /// The series' value, or `missing` when the server has no such series yet (a labelled
+    /// series appears at its first increment).
+    fn metric_or(&self, series: &str, missing: Option<f64>) -> f64 {
         let text = get(self.addr, "/metrics").text();
-        text.lines()
+        match text
+            .lines()
             .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
-            .unwrap_or_else(|| panic!("no series {series} in\n{text}"))
-            .trim()
-            .parse()
-            .unwrap()
+        {
+            Some(v) => v.trim().parse().unwrap(),
+            None => missing.unwrap_or_else(|| panic!("no series {series} in\n{text}")),
+        }
     }
 }
 
@@ -1118,17 +1125,12 @@ fn load_32_clients_all_answered_200_or_503_and_memory_returns() {
     );
     // under this load passes ran side by side, one per instance
     let passes = |mode: &str| {
-        let series = format!(
-            "imgclass_inference_passes_total{{mode=\"{mode}\",model=\"mobilenet_v3_large\"}}"
-        );
-        let text = get(s.addr, "/metrics").text();
-        // a mode that never ran has no series yet
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(series.as_str())
-                    .and_then(|v| v.strip_prefix(' '))
-            })
-            .map_or(0.0, |v| v.trim().parse::<f64>().unwrap())
+        s.metric_or(
+            &format!(
+                "imgclass_inference_passes_total{{mode=\"{mode}\",model=\"mobilenet_v3_large\"}}"
+            ),
+            Some(0.0),
+        )
     };
     assert!(passes("instance") > 0.0);
     // whether the last requests of a round ran alone on the whole pool depends on timing; a

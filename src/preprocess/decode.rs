@@ -368,7 +368,7 @@ fn decode_with(bytes: &[u8], format: ImageFormat, limits: &DecodeLimits) -> Resu
 
 /// A JPEG's RGB pixels from libjpeg-turbo: the decoder PIL uses, with PIL's settings (accurate
 /// integer IDCT, "fancy" triangle upsampling of subsampled chroma), so the pixels are PIL's, and
-/// about 1.5× as fast as `image`'s decoder on a 640×480 photo (Huffman decoding dominates).
+/// 1.3–1.5× as fast as `image`'s decoder on a 640×480 photo (Huffman decoding dominates).
 /// `None` when libjpeg-turbo cannot give RGB (CMYK / YCCK, 12-bit, a decoding error, dimensions
 /// other than those `image` read): the caller then decodes with `image`, whose error messages and
 /// colour handling stay the reference for anything unusual.
