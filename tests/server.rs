@@ -807,14 +807,39 @@ fn openapi_document_matches_the_real_routes() {
 
 #[test]
 fn lite_results_equal_the_classify_command() {
-    let s = start_server("lite", &[], &[]);
-    s.wait_ready();
-    for seed in [3, 4] {
-        let img = jpeg(500, 375, seed);
-        let served = post(s.addr, "/classify", "image/jpeg", &img).json();
-        let cli = cli_classify(ModelKind::MobilenetV3Large, &img);
-        assert_eq!(cli["model"], "mobilenet_v3_large");
-        assert_same_predictions(&served, &cli);
+    let images: Vec<Vec<u8>> = [3, 4].map(|seed| jpeg(500, 375, seed)).into();
+    let cli: Vec<Value> = images
+        .iter()
+        .map(|img| cli_classify(ModelKind::MobilenetV3Large, img))
+        .collect();
+    // decoded by the engine instance (the lite default) or on the decoding pool: same answers,
+    // same client errors
+    for decode_on in ["engine", "pool"] {
+        let s = start_server("lite", &["--decode-on", decode_on], &[]);
+        s.wait_ready();
+        assert_eq!(get(s.addr, "/info").json()["decode_on"], decode_on);
+        for (img, cli) in images.iter().zip(&cli) {
+            let served = post(s.addr, "/classify", "image/jpeg", img).json();
+            assert_eq!(cli["model"], "mobilenet_v3_large");
+            assert_same_predictions(&served, cli);
+        }
+        let img = &images[0];
+        assert_error(
+            &post(s.addr, "/classify", "image/jpeg", &img[..img.len() / 2]),
+            422,
+            "corrupt_image",
+        );
+        let text = b"not an image at all".repeat(10);
+        assert_error(
+            &post(s.addr, "/classify", "image/jpeg", &text),
+            415,
+            "not_an_image",
+        );
+        assert_eq!(
+            s.metric("imgclass_preprocess_duration_seconds_count"),
+            4.0,
+            "{decode_on}: every image preprocessed once"
+        );
     }
 }
 

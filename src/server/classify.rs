@@ -1,8 +1,8 @@
 //! `POST /classify` (and `POST /`): request parsing, body limits, decoding off the runtime,
 //! inference through the engines, and the full profile's in-process fallback.
 
-use super::config::{DecodePriority, Fault, Profile};
-use super::engine::EngineError;
+use super::config::{DecodeOn, DecodePriority, Fault, Profile};
+use super::engine::{EngineError, Input};
 use super::state::AppState;
 use super::status::ApiError;
 use crate::labels::Prediction;
@@ -180,6 +180,21 @@ async fn multipart_file(body: Bytes, boundary: String) -> Result<Bytes, ApiError
     }
 }
 
+/// Decode and preprocess on the engine instance that takes the job (`--decode-on engine`).
+fn deferred_preprocess(
+    state: &AppState,
+    bytes: Bytes,
+) -> Box<dyn FnOnce() -> crate::Result<Vec<f32>> + Send> {
+    let limits = state.settings.decode_limits;
+    let hist = state.metrics.preprocess_duration.clone();
+    Box::new(move || {
+        let t = std::time::Instant::now();
+        let r = preprocess(&bytes, &limits, &Transform::IMAGENET);
+        hist.observe(t.elapsed().as_secs_f64());
+        r.map(|p| p.chw)
+    })
+}
+
 /// Decode and preprocess on the blocking pool, at most `decode_threads` at once.
 async fn preprocess_off_runtime(
     state: &AppState,
@@ -272,8 +287,6 @@ pub async fn handle(
     if image.is_empty() {
         return Err(ApiError::Core(Error::EmptyInput));
     }
-    let chw = Arc::new(preprocess_off_runtime(&state, image, deadline).await?);
-
     let profile = s.profile;
     let answer = |model: ModelKind, reason: Option<&'static str>, predictions| Classified {
         model,
@@ -288,8 +301,15 @@ pub async fn handle(
 
     let primary = &engines.primary;
     let Some(fallback) = &engines.fallback else {
-        // lite: one model, no fallback
-        return match timeout_at(deadline, primary.infer(chw, k, deadline.into_std())).await {
+        // lite: one model, no fallback; the image decoded by the engine instance that runs its
+        // pass (`--decode-on engine`) or here, on the decoding pool
+        let input = match s.decode_on {
+            DecodeOn::Engine => Input::Deferred(deferred_preprocess(&state, image)),
+            DecodeOn::Pool => Input::Ready(Arc::new(
+                preprocess_off_runtime(&state, image, deadline).await?,
+            )),
+        };
+        return match timeout_at(deadline, primary.infer(input, k, deadline.into_std())).await {
             Ok(Ok(p)) => Ok(answer(primary.kind(), None, p)),
             Ok(Err(e)) => Err(engine_error(e, primary.kind())),
             Err(_) => Err(ApiError::Timeout),
@@ -297,11 +317,12 @@ pub async fn handle(
     };
 
     debug_assert_eq!(profile, Profile::Full);
+    let chw = Arc::new(preprocess_off_runtime(&state, image, deadline).await?);
     let primary_deadline = (started + s.primary_deadline).min(deadline);
     let (reason, primary_error) = if Instant::now() >= primary_deadline {
         ("deadline", None)
     } else {
-        let fut = primary.infer(chw.clone(), k, primary_deadline.into_std());
+        let fut = primary.infer(Input::Ready(chw.clone()), k, primary_deadline.into_std());
         match timeout_at(primary_deadline, fut).await {
             Ok(Ok(p)) => return Ok(answer(primary.kind(), None, p)),
             Ok(Err(EngineError::Deadline | EngineError::QueueFull)) | Err(_) => ("deadline", None),
@@ -313,7 +334,12 @@ pub async fn handle(
         Some(e) => tracing::warn!(reason, error = %e, "primary model failed; falling back"),
         None => tracing::info!(reason, "primary model missed its deadline; falling back"),
     }
-    match timeout_at(deadline, fallback.infer(chw, k, deadline.into_std())).await {
+    match timeout_at(
+        deadline,
+        fallback.infer(Input::Ready(chw), k, deadline.into_std()),
+    )
+    .await
+    {
         Ok(Ok(p)) => Ok(answer(fallback.kind(), Some(reason), p)),
         Ok(Err(EngineError::Failed(e))) => Err(ApiError::BothModelsFailed {
             primary: primary_error.unwrap_or_else(|| "missed its deadline".into()),
@@ -330,6 +356,7 @@ fn engine_error(e: EngineError, model: ModelKind) -> ApiError {
         EngineError::Deadline => ApiError::Timeout,
         EngineError::QueueFull => ApiError::Overloaded,
         EngineError::Stopped => ApiError::EngineStopped(model.name()),
+        EngineError::Input(e) => ApiError::Core(e),
     }
 }
 

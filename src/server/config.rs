@@ -66,6 +66,15 @@ impl Profile {
         }
     }
 
+    /// `--decode-on` when not given: lite `engine`, full `pool` (its image goes to two models, and
+    /// is decoded once, beside the Wide ResNet pass of an earlier request).
+    pub fn default_decode_on(self) -> DecodeOn {
+        match self {
+            Profile::Full => DecodeOn::Pool,
+            Profile::Lite => DecodeOn::Engine,
+        }
+    }
+
     /// `--malloc-arenas` when not given (see [`crate::ops::alloc`]): full 1 (one arena bounds
     /// the resident set: 424 MiB right after a load against 486–498 MiB with glibc's per-thread
     /// arenas, over the 450 MB budget), lite 0 = glibc's default (per-thread arenas: ~8% more
@@ -104,6 +113,18 @@ pub enum DecodePriority {
     Idle,
     /// The same priority as inference.
     Normal,
+}
+
+/// Where images are decoded and preprocessed (`--decode-on`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DecodeOn {
+    /// On the blocking thread pool (`--decode-threads` at once, at `--decode-priority`), before
+    /// the image is queued for its forward pass.
+    Pool,
+    /// On the engine instance that takes the image from the queue, just before its forward pass
+    /// (lite profile only): a core that finishes a pass decodes the next image itself.
+    Engine,
 }
 
 /// Fault injection for the ingress tests (`--fault`).
@@ -199,6 +220,12 @@ pub struct ServeArgs {
     #[arg(long, value_enum, env = "IMGCLASS_DECODE_PRIORITY")]
     pub decode_priority: Option<DecodePriority>,
 
+    /// Where images are decoded: `pool` (a thread pool, before the image is queued) or `engine`
+    /// (the engine instance that runs its forward pass decodes it first; lite only).
+    /// Default: `engine` for the lite profile, `pool` for full.
+    #[arg(long, value_enum, env = "IMGCLASS_DECODE_ON")]
+    pub decode_on: Option<DecodeOn>,
+
     /// Forward passes of one model that may run at once (model instances sharing one copy of
     /// the weights). 1: one at a time, each on every compute thread. N > 1: a pass that starts
     /// while another runs takes one image and runs it on a thread of its own. 0: one per compute
@@ -286,6 +313,7 @@ pub struct Settings {
     pub threads: usize,
     pub decode_threads: usize,
     pub decode_priority: DecodePriority,
+    pub decode_on: DecodeOn,
     /// Forward passes of one model at once (see `ServeArgs::instances`), resolved (>= 1).
     pub instances: usize,
     /// `M_ARENA_MAX` (0: glibc's default).
@@ -350,6 +378,12 @@ impl Settings {
         let decode_priority = a
             .decode_priority
             .unwrap_or(a.profile.default_decode_priority());
+        let decode_on = a.decode_on.unwrap_or(a.profile.default_decode_on());
+        if decode_on == DecodeOn::Engine && a.profile.fallback().is_some() {
+            return Err(Error::Usage(
+                "--decode-on engine needs the lite profile (the full profile's image goes to two models)".into(),
+            ));
+        }
         at_most("primary-deadline-ms", a.primary_deadline_ms, DAY_MS)?;
         at_most("header-read-timeout-ms", a.header_read_timeout_ms, DAY_MS)?;
         at_most("request-timeout-ms", a.request_timeout_ms, DAY_MS)?;
@@ -384,6 +418,7 @@ impl Settings {
                 (n, _) => n,
             },
             decode_priority,
+            decode_on,
             instances: match instances {
                 0 => threads,
                 n => n,
@@ -533,6 +568,18 @@ mod tests {
         }
         let too_many = Cli::try_parse_from(["x", "--instances", "5000"]).unwrap();
         assert!(Settings::from_args(&too_many.serve).is_err());
+        // decoding: on the engine for lite, on the pool for full, which cannot decode on its engine
+        assert_eq!(s(&["--profile", "lite"]).decode_on, DecodeOn::Engine);
+        assert_eq!(s(&["--profile", "full"]).decode_on, DecodeOn::Pool);
+        assert_eq!(
+            s(&["--profile", "lite", "--decode-on", "pool"]).decode_on,
+            DecodeOn::Pool
+        );
+        let cli = Cli::try_parse_from(["x", "--profile", "full", "--decode-on", "engine"]).unwrap();
+        let e = Settings::from_args(&cli.serve).unwrap_err();
+        assert_eq!(e.error_type(), "usage_error");
+        assert!(e.to_string().contains("--decode-on engine"), "{e}");
+        assert!(Cli::try_parse_from(["x", "--decode-on", "gpu"]).is_err());
     }
 
     #[test]

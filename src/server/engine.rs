@@ -31,6 +31,9 @@ pub enum EngineError {
     QueueFull,
     /// The engine thread is gone.
     Stopped,
+    /// The job's image could not be preprocessed (a [`Input::Deferred`] input that failed: bad
+    /// input, not a failure of the engine).
+    Input(Error),
 }
 
 impl std::fmt::Display for EngineError {
@@ -40,6 +43,7 @@ impl std::fmt::Display for EngineError {
             EngineError::Deadline => f.write_str("deadline passed before inference"),
             EngineError::QueueFull => f.write_str("inference queue full"),
             EngineError::Stopped => f.write_str("inference engine stopped"),
+            EngineError::Input(e) => write!(f, "{e}"),
         }
     }
 }
@@ -76,8 +80,17 @@ impl std::fmt::Debug for RequestsProbe {
     }
 }
 
+/// The image of a job.
+pub enum Input {
+    /// Preprocessed already (CHW f32 of [`input_len`] values).
+    Ready(Arc<Vec<f32>>),
+    /// Preprocessed by the instance that takes the job, on its own thread, just before the
+    /// forward pass (`--decode-on engine`). An error is answered as [`EngineError::Input`].
+    Deferred(Box<dyn FnOnce() -> Result<Vec<f32>> + Send>),
+}
+
 struct Job {
-    input: Arc<Vec<f32>>,
+    input: Input,
     k: usize,
     deadline: Instant,
     reply: oneshot::Sender<std::result::Result<Vec<Prediction>, EngineError>>,
@@ -147,10 +160,10 @@ impl Engine {
         self.alive.load(Ordering::SeqCst)
     }
 
-    /// Queue one preprocessed image and wait for its top-`k` predictions.
+    /// Queue one image and wait for its top-`k` predictions.
     pub async fn infer(
         &self,
-        input: Arc<Vec<f32>>,
+        input: Input,
         k: usize,
         deadline: Instant,
     ) -> std::result::Result<Vec<Prediction>, EngineError> {
@@ -341,6 +354,12 @@ fn run_instance(
             }
             live.push(j);
         }
+        // deferred inputs are preprocessed here, on this instance's thread (or pool), before any
+        // whole-pool pass takes the gate
+        let mut live = match (&own_pool, wide) {
+            (Some(pool), false) => pool.install(|| prepare(live)),
+            _ => prepare(live),
+        };
         if live.is_empty() {
             continue;
         }
@@ -469,23 +488,74 @@ impl BatchPolicy {
     }
 }
 
+/// Preprocess the jobs' deferred inputs (several at once on the current pool); a job whose image
+/// fails gets its error and is dropped.
+fn prepare(mut jobs: Vec<Job>) -> Vec<Job> {
+    use rayon::iter::{IntoParallelRefMutIterator, ParallelIterator};
+    let run = |j: &mut Job| -> Option<Error> {
+        match std::mem::replace(&mut j.input, Input::Ready(Arc::default())) {
+            Input::Ready(a) => {
+                j.input = Input::Ready(a);
+                None
+            }
+            Input::Deferred(f) => match std::panic::catch_unwind(AssertUnwindSafe(f)) {
+                Ok(Ok(chw)) => {
+                    j.input = Input::Ready(Arc::new(chw));
+                    None
+                }
+                Ok(Err(e)) => Some(e),
+                // a decoder that panics on some input: the input is bad, not the server
+                Err(_) => Some(Error::CorruptImage(
+                    "the decoder failed on this input".into(),
+                )),
+            },
+        }
+    };
+    let failed: Vec<Option<Error>> = if jobs.len() > 1 {
+        jobs.par_iter_mut().map(run).collect()
+    } else {
+        jobs.iter_mut().map(run).collect()
+    };
+    jobs.into_iter()
+        .zip(failed)
+        .filter_map(|(j, failed)| match failed {
+            None => Some(j),
+            Some(e) => {
+                let _ = j.reply.send(Err(EngineError::Input(e)));
+                None
+            }
+        })
+        .collect()
+}
+
 fn forward_batch(model: &Classifier, jobs: &mut [Job]) -> Result<Vec<Vec<f32>>> {
     let len = input_len();
-    if let Some(j) = jobs.iter().find(|j| j.input.len() != len) {
-        return Err(Error::Internal(format!(
-            "preprocessed input has {} values, expected {len}",
-            j.input.len()
-        )));
+    let mut inputs = Vec::with_capacity(jobs.len());
+    for j in jobs.iter_mut() {
+        match std::mem::replace(&mut j.input, Input::Ready(Arc::default())) {
+            Input::Ready(a) if a.len() == len => inputs.push(a),
+            Input::Ready(a) => {
+                return Err(Error::Internal(format!(
+                    "preprocessed input has {} values, expected {len}",
+                    a.len()
+                )))
+            }
+            Input::Deferred(_) => {
+                return Err(Error::Internal(
+                    "input not preprocessed before the pass".into(),
+                ))
+            }
+        }
     }
-    let flat = if let [only] = jobs {
+    let flat = if inputs.len() == 1 {
         // one image: its buffer becomes the batch without a copy when nothing else holds it (the
         // lite profile; in the full profile the fallback keeps a reference until the answer)
-        let input = std::mem::take(&mut only.input);
+        let input = inputs.swap_remove(0);
         Arc::try_unwrap(input).unwrap_or_else(|shared| shared.as_ref().clone())
     } else {
-        let mut flat = Vec::with_capacity(jobs.len() * len);
-        for j in jobs.iter() {
-            flat.extend_from_slice(&j.input);
+        let mut flat = Vec::with_capacity(inputs.len() * len);
+        for a in &inputs {
+            flat.extend_from_slice(a);
         }
         flat
     };
@@ -558,7 +628,11 @@ mod tests {
             .unwrap()
     }
 
-    fn input(seed: u32) -> Arc<Vec<f32>> {
+    fn input(seed: u32) -> Input {
+        Input::Ready(raw(seed))
+    }
+
+    fn raw(seed: u32) -> Arc<Vec<f32>> {
         Arc::new(
             (0..input_len() as u32)
                 .map(|i| {
@@ -599,7 +673,7 @@ mod tests {
     /// The top-5 of each image alone (batch 1, the whole pool).
     fn alone(model: &Classifier, images: u32) -> Vec<Vec<Prediction>> {
         (0..images)
-            .map(|s| model.classify(&[&input(s)], 5).unwrap().remove(0))
+            .map(|s| model.classify(&[&raw(s)], 5).unwrap().remove(0))
             .collect()
     }
 
@@ -731,6 +805,75 @@ mod tests {
         drop(engine);
         while alive.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deferred_inputs_are_preprocessed_by_the_instance_and_their_errors_stay_theirs() {
+        let model = mobilenet();
+        let alone = alone(&model, 3);
+        for instances in [1, 2] {
+            let (engine, metrics, depth) =
+                started(mobilenet(), config(instances, 300, false)).await;
+            let far = Instant::now() + Duration::from_secs(600);
+            let on = std::sync::Mutex::new(Vec::new());
+            let on = Arc::new(on);
+            let deferred = |seed: u32, outcome: u8| {
+                let on = on.clone();
+                Input::Deferred(Box::new(move || {
+                    lock(&on).push(std::thread::current().name().map(str::to_owned));
+                    match outcome {
+                        0 => Ok(raw(seed).as_ref().clone()),
+                        1 => Err(Error::CorruptImage("bad bytes".into())),
+                        _ => panic!("a decoder bug"),
+                    }
+                }))
+            };
+            // the first job holds the engine; the others queue up and share the next pass(es)
+            let mut first = Box::pin(engine.infer(deferred(0, 0), 5, far));
+            assert!((&mut first).now_or_never().is_none());
+            while depth.get() != 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let bad = Box::pin(engine.infer(deferred(9, 1), 5, far));
+            let panics = Box::pin(engine.infer(deferred(9, 2), 5, far));
+            let second = Box::pin(engine.infer(deferred(1, 0), 5, far));
+            let third = Box::pin(engine.infer(input(2), 5, far));
+            let got = [
+                first.await.unwrap(),
+                second.await.unwrap(),
+                third.await.unwrap(),
+            ];
+            assert_same(&got, &alone);
+            let e = bad.await.unwrap_err();
+            assert!(
+                matches!(&e, EngineError::Input(Error::CorruptImage(m)) if m == "bad bytes"),
+                "{e}"
+            );
+            let e = panics.await.unwrap_err();
+            assert!(
+                matches!(&e, EngineError::Input(Error::CorruptImage(m)) if m.contains("decoder failed")),
+                "{e}"
+            );
+            // every deferred input ran on the engine's side (its threads or the compute pool),
+            // none on the async runtime; the first one on the engine thread itself
+            let threads = lock(&on).clone();
+            assert_eq!(threads.len(), 4);
+            assert_eq!(threads[0].as_deref(), Some("engine-mobilenet_v3_large"));
+            for t in &threads {
+                assert!(
+                    !t.as_deref().unwrap_or("").starts_with("tokio"),
+                    "{instances} instances: preprocessed on {t:?}"
+                );
+            }
+            // the failed images took no place in a pass: 3 images in all
+            let batches = metrics
+                .batch_size
+                .with_label_values(&["mobilenet_v3_large"]);
+            assert_eq!(batches.get_sample_sum(), 3.0, "{instances} instances");
+            // and the engine still works
+            let p = engine.infer(deferred(2, 0), 5, far).await.unwrap();
+            assert_same(&[p], &alone[2..]);
         }
     }
 

@@ -271,6 +271,7 @@ fn info(state: &AppState) -> serde_json::Value {
         },
         "threads": s.threads,
         "decode_threads": s.decode_threads,
+        "decode_on": s.decode_on,
         "fault": s.fault,
     })
 }
