@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Server throughput: imgclass serve (lite, full) vs the FastAPI + PyTorch service it replaces.
 #
-#   scripts/bench/server_compare.sh            # DURATION=30 CONNECTIONS=4 THREADS=2 by default
+#   scripts/bench/server_compare.sh            # DURATION=30 CONNECTIONS=4 THREADS=2 ROUNDS=1 by default
+#
+# ROUNDS=N measures every server N times, alternating the order in each pair (round 1: baseline
+# first, round 2: imgclass first, ...), and prints each round's ratios and their median, so that a
+# host that drifts slower or faster during the run does not favour either side. ONLY=a,b limits the
+# servers (names below).
 #
 # Same machine, same run, same load generator: wrk (apt-get install wrk), 640x480 JPEG, POST with the
 # raw bytes, 4 connections. Baseline: scripts/bench/baseline_app.py under gunicorn with one uvicorn
@@ -116,9 +121,10 @@ measure() { # name, readiness URL, command...
   if ! kill -0 "$SERVER_PID" 2>/dev/null; then
     echo "[bench] $name exited during the load:" >&2; tail -20 "$WORK/$name.log" >&2; exit 1
   fi
+  # shellcheck disable=SC2046 # one pid per word
   kill $(descendants "$SERVER_PID") 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""
   sleep 1
-  RESULTS+=("$name $rps $p99 $startup $rss_warm $rss_load $rss_idle ${errors:-0}")
+  RESULTS+=("$ROUND $name $rps $p99 $startup $rss_warm $rss_load $rss_idle ${errors:-0}")
   echo "[bench] $name: $rps req/s, p99 $p99 ms, start ${startup}s, RSS $rss_warm / $rss_load / $rss_idle MiB, non-2xx ${errors:-0}" >&2
 }
 
@@ -129,26 +135,56 @@ baseline() { # model
 }
 
 ONLY="${ONLY:-fastapi_mobilenet,imgclass_lite,fastapi_wrn,imgclass_full}"
+ROUNDS="${ROUNDS:-1}"
 want() { [[ ",$ONLY," == *",$1,"* ]]; }
-want fastapi_mobilenet && measure fastapi_mobilenet "http://127.0.0.1:$PORT/healthz" baseline mobilenet_v3_large
-want imgclass_lite && measure imgclass_lite "http://127.0.0.1:$PORT/readyz" \
-  env RAYON_NUM_THREADS="$THREADS" "$BIN" serve --profile lite --addr "127.0.0.1:$PORT" --weights-dir "$WORK" --threads "$THREADS"
-want fastapi_wrn && measure fastapi_wrn "http://127.0.0.1:$PORT/healthz" baseline wide_resnet50_2
-want imgclass_full && measure imgclass_full "http://127.0.0.1:$PORT/readyz" \
-  env RAYON_NUM_THREADS="$THREADS" "$BIN" serve --profile full --addr "127.0.0.1:$PORT" --weights-dir "$WORK" --threads "$THREADS"
+run_one() { # server name
+  case "$1" in
+    fastapi_mobilenet) measure fastapi_mobilenet "http://127.0.0.1:$PORT/healthz" baseline mobilenet_v3_large ;;
+    imgclass_lite) measure imgclass_lite "http://127.0.0.1:$PORT/readyz" \
+      env RAYON_NUM_THREADS="$THREADS" "$BIN" serve --profile lite --addr "127.0.0.1:$PORT" --weights-dir "$WORK" --threads "$THREADS" ;;
+    fastapi_wrn) measure fastapi_wrn "http://127.0.0.1:$PORT/healthz" baseline wide_resnet50_2 ;;
+    imgclass_full) measure imgclass_full "http://127.0.0.1:$PORT/readyz" \
+      env RAYON_NUM_THREADS="$THREADS" "$BIN" serve --profile full --addr "127.0.0.1:$PORT" --weights-dir "$WORK" --threads "$THREADS" ;;
+  esac
+}
+for ROUND in $(seq 1 "$ROUNDS"); do
+  if (( ROUND % 2 == 1 )); then
+    order=(fastapi_mobilenet imgclass_lite fastapi_wrn imgclass_full)
+  else
+    order=(imgclass_lite fastapi_mobilenet imgclass_full fastapi_wrn)
+  fi
+  for name in "${order[@]}"; do
+    if want "$name"; then
+      [[ "$ROUNDS" -gt 1 ]] && echo "[bench] round $ROUND/$ROUNDS" >&2
+      run_one "$name"
+    fi
+  done
+done
 
 echo
-echo "Machine: $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(nproc) CPUs; wrk -c$CONNECTIONS -d${DURATION}s, 640x480 JPEG"
+echo "Machine: $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(nproc) CPUs; wrk -c$CONNECTIONS -d${DURATION}s, 640x480 JPEG, $ROUNDS round(s)"
 echo
-echo "| server | req/s | p99 ms | start to first answer s | RSS warm MiB | RSS right after load MiB | RSS 2 s later MiB | non-2xx |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|"
-declare -A RPS=([fastapi_mobilenet]=0 [imgclass_lite]=0 [fastapi_wrn]=0 [imgclass_full]=0) P99=([fastapi_mobilenet]=0 [imgclass_lite]=0 [fastapi_wrn]=0 [imgclass_full]=0)
+echo "| round | server | req/s | p99 ms | start to first answer s | RSS warm MiB | RSS right after load MiB | RSS 2 s later MiB | non-2xx |"
+echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|"
+declare -A RPS P99
 for r in "${RESULTS[@]}"; do
-  read -r name rps p99 st rw rl ri err <<<"$r"
-  RPS[$name]=$rps; P99[$name]=$p99
-  echo "| $name | $rps | $p99 | $st | $rw | $rl | $ri | $err |"
+  read -r round name rps p99 st rw rl ri err <<<"$r"
+  RPS[$round.$name]=$rps; P99[$round.$name]=$p99
+  echo "| $round | $name | $rps | $p99 | $st | $rw | $rl | $ri | $err |"
 done
 echo
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
-echo "lite vs FastAPI MobileNet: $(ratio "${RPS[imgclass_lite]}" "${RPS[fastapi_mobilenet]}")x req/s (goal >= 5x), p99 $(ratio "${P99[imgclass_lite]}" "${P99[fastapi_mobilenet]}")x"
-echo "full vs FastAPI Wide ResNet: $(ratio "${RPS[imgclass_full]}" "${RPS[fastapi_wrn]}")x req/s (goal >= 2x), p99 $(ratio "${P99[imgclass_full]}" "${P99[fastapi_wrn]}")x"
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+median() { tr ' ' '\n' | grep -v '^n/a$' | grep . | sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "n/a"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+compare() { # label, imgclass server, baseline server, goal
+  local rr=() pr=() round
+  for round in $(seq 1 "$ROUNDS"); do
+    rr+=("$(ratio "${RPS[$round.$2]:-0}" "${RPS[$round.$3]:-0}")")
+    pr+=("$(ratio "${P99[$round.$2]:-0}" "${P99[$round.$3]:-0}")")
+  done
+  local line
+  line="$1: $(echo "${rr[*]}" | median)x req/s (goal >= $4x), p99 $(echo "${pr[*]}" | median)x"
+  [[ "$ROUNDS" -gt 1 ]] && line+="  (median of rounds; req/s ratios ${rr[*]}, p99 ratios ${pr[*]})"
+  echo "$line"
+}
+compare "lite vs FastAPI MobileNet" imgclass_lite fastapi_mobilenet 5
+compare "full vs FastAPI Wide ResNet" imgclass_full fastapi_wrn 2
