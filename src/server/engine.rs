@@ -856,10 +856,15 @@ mod tests {
                 "{e}"
             );
             // every deferred input ran on the engine's side (its threads or the compute pool),
-            // none on the async runtime; the first one on the engine thread itself
+            // none on the async runtime; the first one on an instance's own thread (either
+            // instance may take it)
             let threads = lock(&on).clone();
             assert_eq!(threads.len(), 4);
-            assert_eq!(threads[0].as_deref(), Some("engine-mobilenet_v3_large"));
+            let first_on = threads[0].as_deref().unwrap_or("");
+            assert!(
+                first_on.starts_with("engine-mobilenet_v3_large"),
+                "{instances} instances: the first image preprocessed on {first_on:?}"
+            );
             for t in &threads {
                 assert!(
                     !t.as_deref().unwrap_or("").starts_with("tokio"),
