@@ -180,19 +180,17 @@ async fn multipart_file(body: Bytes, boundary: String) -> Result<Bytes, ApiError
     }
 }
 
-/// Decode and preprocess on the engine instance that takes the job (`--decode-on engine`).
-fn deferred_preprocess(
-    state: &AppState,
-    bytes: Bytes,
-) -> Box<dyn FnOnce() -> crate::Result<Vec<f32>> + Send> {
+/// The preprocessing of one request's image, timed into `imgclass_preprocess_duration_seconds`:
+/// run by the engine instance that takes the job (`--decode-on engine`) or on the blocking pool.
+fn preprocess_job(state: &AppState, bytes: Bytes) -> impl FnOnce() -> crate::Result<Vec<f32>> {
     let limits = state.settings.decode_limits;
     let hist = state.metrics.preprocess_duration.clone();
-    Box::new(move || {
+    move || {
         let t = std::time::Instant::now();
         let r = preprocess(&bytes, &limits, &Transform::IMAGENET);
         hist.observe(t.elapsed().as_secs_f64());
         r.map(|p| p.chw)
-    })
+    }
 }
 
 /// Decode and preprocess on the blocking pool, at most `decode_threads` at once.
@@ -206,17 +204,13 @@ async fn preprocess_off_runtime(
         Ok(Err(_)) => return Err(ApiError::ShuttingDown),
         Err(_) => return Err(ApiError::Timeout),
     };
-    let limits = state.settings.decode_limits;
     let idle = state.settings.decode_priority == DecodePriority::Idle;
-    let hist = state.metrics.preprocess_duration.clone();
+    let job = preprocess_job(state, bytes);
     let task = tokio::task::spawn_blocking(move || {
         let _permit = permit;
         // Restored when the task ends: the blocking pool's thread may run other work next.
         let _priority = if idle { IdlePriority::enter() } else { None };
-        let t = std::time::Instant::now();
-        let r = preprocess(&bytes, &limits, &Transform::IMAGENET);
-        hist.observe(t.elapsed().as_secs_f64());
-        r.map(|p| p.chw)
+        job()
     });
     match timeout_at(deadline, task).await {
         Err(_) => Err(ApiError::Timeout),
@@ -304,7 +298,7 @@ pub async fn handle(
         // lite: one model, no fallback; the image decoded by the engine instance that runs its
         // pass (`--decode-on engine`) or here, on the decoding pool
         let input = match s.decode_on {
-            DecodeOn::Engine => Input::Deferred(deferred_preprocess(&state, image)),
+            DecodeOn::Engine => Input::Deferred(Box::new(preprocess_job(&state, image))),
             DecodeOn::Pool => Input::Ready(Arc::new(
                 preprocess_off_runtime(&state, image, deadline).await?,
             )),
