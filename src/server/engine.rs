@@ -492,6 +492,9 @@ impl BatchPolicy {
 /// fails gets its error and is dropped.
 fn prepare(mut jobs: Vec<Job>) -> Vec<Job> {
     use rayon::iter::{IntoParallelRefMutIterator, ParallelIterator};
+    if !jobs.iter().any(|j| matches!(j.input, Input::Deferred(_))) {
+        return jobs; // preprocessed before queueing (`--decode-on pool`, the full profile)
+    }
     let run = |j: &mut Job| -> Option<Error> {
         match std::mem::replace(&mut j.input, Input::Ready(Arc::default())) {
             Input::Ready(a) => {
