@@ -843,6 +843,153 @@ fn lite_results_equal_the_classify_command() {
     }
 }
 
+/// Deterministic variants of `src` with the damage real uploads carry: bytes flipped in the
+/// entropy-coded data or in the headers, ranges deleted, duplicated or inserted, truncations.
+fn mutations(src: &[u8], count: usize, mut seed: u64) -> Vec<Vec<u8>> {
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    (0..count)
+        .map(|k| {
+            let mut m = src.to_vec();
+            let r = next();
+            let pos = 2 + (r as usize) % (m.len() - 2);
+            let span = 1 + (r >> 32) as usize % 64;
+            match k % 6 {
+                0 => {
+                    for j in 0..1 + k % 8 {
+                        let at = 2 + (next() as usize) % (m.len() - 2);
+                        m[at] ^= (j as u8).wrapping_mul(37) | 1;
+                    }
+                }
+                // the headers: sizes, tables, component counts, markers
+                1 => {
+                    let at = 2 + pos % 600.min(m.len() - 2);
+                    m[at] ^= (r >> 40) as u8 | 1;
+                }
+                2 => {
+                    m.drain(pos..(pos + span).min(m.len()));
+                }
+                3 => {
+                    let junk: Vec<u8> = (0..span).map(|_| next() as u8).collect();
+                    m.splice(pos..pos, junk);
+                }
+                4 => {
+                    let from = 2 + (next() as usize) % (m.len() - 2);
+                    let chunk = m[from..(from + span).min(m.len())].to_vec();
+                    m.splice(pos..pos, chunk);
+                }
+                _ => m.truncate(pos),
+            }
+            m
+        })
+        .collect()
+}
+
+#[test]
+fn mutated_images_from_concurrent_clients_get_only_200_415_or_422() {
+    // Damaged JPEGs (baseline, progressive, 4:4:4, grayscale, CMYK, EXIF-rotated, restart
+    // markers), PNGs and WebPs from four clients at once, decoded on the engine instances (the
+    // lite default: two decoders at once on the engine's own threads) and on the decoding pool:
+    // every answer is a 200 with five predictions or a JSON 415 / 422, never a 5xx, and the
+    // server answers a clean image as before.
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let fixtures = root.join("tests/fixtures/preprocess");
+    let sources: Vec<Vec<u8>> = [
+        root.join("samples/chelsea.jpg"),
+        root.join("samples/rocket.jpg"),
+        fixtures.join("formats/progressive.jpg"),
+        fixtures.join("formats/baseline444.jpg"),
+        fixtures.join("formats/gray.jpg"),
+        fixtures.join("formats/cmyk.jpg"),
+        fixtures.join("formats/exif6.jpg"),
+        fixtures.join("dct/prog420_rst.jpg"),
+        fixtures.join("dct/base444_rst.jpg"),
+        fixtures.join("formats/rgb8.png"),
+        fixtures.join("formats/lossy.webp"),
+    ]
+    .iter()
+    .map(|p| std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+    .collect();
+    let bodies: Vec<Vec<u8>> = sources
+        .iter()
+        .enumerate()
+        .flat_map(|(i, src)| mutations(src, 24, 0x2545_F491_4F6C_DD1D ^ (i as u64 + 1)))
+        .collect();
+    let bodies = Arc::new(bodies);
+    let clean = jpeg(320, 240, 11);
+    let mut statuses: Vec<Vec<u16>> = Vec::new();
+    for decode_on in ["engine", "pool"] {
+        let s = start_server("lite", &["--decode-on", decode_on], &[]);
+        s.wait_ready();
+        let before = post(s.addr, "/classify", "image/jpeg", &clean).json();
+        let clients = 4;
+        let answers: Vec<(usize, Resp)> = (0..clients)
+            .map(|c| {
+                let (bodies, addr) = (bodies.clone(), s.addr);
+                std::thread::spawn(move || {
+                    (c..bodies.len())
+                        .step_by(clients)
+                        .map(|i| {
+                            let r = request(
+                                addr,
+                                "POST",
+                                "/classify",
+                                &[("Content-Type", "application/octet-stream")],
+                                &bodies[i],
+                            );
+                            (i, r.unwrap_or_else(|e| panic!("body {i}: no answer: {e}")))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        assert_eq!(answers.len(), bodies.len());
+        let mut counts = std::collections::BTreeMap::new();
+        for (i, r) in &answers {
+            *counts.entry(r.status).or_insert(0usize) += 1;
+            match r.status {
+                200 => assert_eq!(predictions(&r.json()).len(), 5, "body {i}"),
+                415 | 422 => {
+                    let v = r.json();
+                    let t = v["error_type"].as_str().unwrap_or_default();
+                    assert!(
+                        [
+                            "not_an_image",
+                            "unsupported_format",
+                            "corrupt_image",
+                            "image_too_large"
+                        ]
+                        .contains(&t),
+                        "{decode_on}: body {i}: {v}"
+                    );
+                }
+                st => panic!("{decode_on}: body {i}: status {st}: {}", r.text()),
+            }
+        }
+        eprintln!("{decode_on}: {counts:?}");
+        // the damage was real: some variants still decode, many do not
+        assert!(counts.get(&200).is_some_and(|&n| n >= 20), "{counts:?}");
+        assert!(counts.get(&422).is_some_and(|&n| n >= 20), "{counts:?}");
+        assert_eq!(get(s.addr, "/healthz").status, 200, "{decode_on}");
+        let after = post(s.addr, "/classify", "image/jpeg", &clean).json();
+        assert_same_predictions(&after, &before);
+        let mut by_body = vec![0; bodies.len()];
+        for (i, r) in &answers {
+            by_body[*i] = r.status;
+        }
+        statuses.push(by_body);
+    }
+    // decoding is deterministic: the same body gets the same answer wherever it is decoded
+    assert_eq!(statuses[0], statuses[1]);
+}
+
 #[test]
 fn readyz_is_503_until_warm() {
     let gate = common::binary_scratch_dir().join("warmup-gate");
