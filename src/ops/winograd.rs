@@ -553,7 +553,13 @@ fn input_channel<const A: usize, const M: usize>(
     for j in 0..nb {
         let src = &x[((i0 + j) * g.c + c) * plane..][..plane];
         for ty in 0..nty {
-            for (r, phr) in ph.chunks_mut(M * pl).enumerate() {
+            // `ph` is a ring of A padded rows, input row `iy` in slot `iy % A`: a tile row shares
+            // its first A - M rows with the one before, so only M rows are new (all A at the
+            // first tile row of an image).
+            let slot: [usize; A] = std::array::from_fn(|r| (ty * M + r) % A);
+            let new_from = if ty == 0 { 0 } else { A - M };
+            for (r, &sl) in slot.iter().enumerate().skip(new_from) {
+                let phr = &mut ph[sl * M * pl..][..M * pl];
                 let iy = ty * M + r;
                 if iy < pad || iy - pad >= g.h {
                     phr.fill(0.0);
@@ -565,9 +571,9 @@ fn input_channel<const A: usize, const M: usize>(
                 let tx0 = ch * L;
                 // B^T d B: rows (d B) into `tb[r][col]`, then columns. The intermediate goes
                 // through memory: kept in arrays, LLVM transposes it with gathers.
-                for r in 0..A {
+                for (r, &sl) in slot.iter().enumerate() {
                     let dr: [V; A] = std::array::from_fn(|col| {
-                        V::load(&ph[(r * M + col % M) * pl + tx0 + col / M..])
+                        V::load(&ph[(sl * M + col % M) * pl + tx0 + col / M..])
                     });
                     for (col, v) in in1d(&dr).iter().enumerate() {
                         v.store(&mut tb[(r * A + col) * L..]);
@@ -661,13 +667,17 @@ fn deinterleave_padded<const M: usize>(row: &[f32], pad: usize, ph: &mut [f32], 
             0.0
         }
     };
-    // k in lo..hi: every q = k*M + p lies inside the row.
+    // k in lo..hi: every q = k*M + p lies inside the row; from `end` on, none does.
     let lo = pad.div_ceil(M).min(pl);
     let hi = ((pad + w + 1).saturating_sub(M) / M).clamp(lo, pl);
-    for k in (0..lo).chain(hi..pl) {
+    let end = (pad + w).div_ceil(M).clamp(hi, pl);
+    for k in (0..lo).chain(hi..end) {
         for p in 0..M {
             ph[p * pl + k] = at(k * M + p);
         }
+    }
+    for part in ph.chunks_exact_mut(pl) {
+        part[end..].fill(0.0);
     }
     if hi == lo {
         return;
