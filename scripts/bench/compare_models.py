@@ -177,6 +177,8 @@ def main() -> None:
                        "rounds": a.rounds}
                 per_round = max(1, iters // a.rounds)
                 times: dict[str, list[float]] = {"torch": [], "ort": [], "imgclass": []}
+                # each round's median per engine: the round-by-round ratios show the host's drift
+                rounds: dict[str, list[float]] = {"torch": [], "ort": [], "imgclass": []}
                 for rnd in range(a.rounds):
                     for eng in ("torch", "ort"):
                         common.log(f"{model} batch {b} round {rnd + 1}/{a.rounds}: {eng}")
@@ -184,14 +186,17 @@ def main() -> None:
                                       "--threads", str(a.threads), "--warmup", str(warm),
                                       "--iters", str(per_round), "--dir", tmp], env)
                         times[eng] += r["times_ms"]
+                        rounds[eng].append(statistics.median(r["times_ms"]))
                         row[f"{eng}_version"] = r["version"]
                     common.log(f"{model} batch {b} round {rnd + 1}/{a.rounds}: imgclass")
                     r = run_json([binary, "bench", "--model", model, "--batch", str(b), "--iters",
                                   str(per_round), "--warmup", str(warm), "--weights-dir", tmp,
                                   "--times"], env)
                     times["imgclass"] += r["times_ms"]
+                    rounds["imgclass"].append(statistics.median(r["times_ms"]))
                 for eng, t in times.items():
                     row[eng] = summarize([x / 1e3 for x in t], b)
+                    row[eng]["round_medians_ms"] = rounds[eng]
                 results.append(row)
 
     print(f"\nMachine: {common.machine()}; {a.threads} threads, fp32, random weights\n")
@@ -202,6 +207,16 @@ def main() -> None:
     for r in results:
         t, o, i = (r[k]["per_image_ms"] for k in ("torch", "ort", "imgclass"))
         print(f"| {r['model']} | {r['batch']} | {t:.1f} | {o:.1f} | {i:.1f} | {i / o:.2f}x | {i / t:.2f}x |")
+    # The host's noise, made visible: the ratio in each round (medians of that round) and the
+    # ratio of the fastest passes (what each engine does when nothing else takes the cores).
+    print("\n| model | batch | imgclass / ORT per round | fastest passes: imgclass / ORT | imgclass / PyTorch per round |")
+    print("|---|---:|---|---:|---|")
+    for r in results:
+        ri, ro, rt = (r[k]["round_medians_ms"] for k in ("imgclass", "ort", "torch"))
+        per_ort = " ".join(f"{i / o:.2f}" for i, o in zip(ri, ro))
+        per_torch = " ".join(f"{i / t:.2f}" for i, t in zip(ri, rt))
+        fastest = r["imgclass"]["min_ms"] / r["ort"]["min_ms"]
+        print(f"| {r['model']} | {r['batch']} | {per_ort} | {fastest:.2f}x | {per_torch} |")
     if a.out:
         Path(a.out).write_text(json.dumps({"machine": common.machine(), "results": results}, indent=1))
 
