@@ -39,6 +39,8 @@ cargo-test:
     IMGCLASS_WINO_GEMM=1 IMGCLASS_KXK_CV=1 cargo test --locked --test parity
     IMGCLASS_WINO_GEMM=0 IMGCLASS_KXK_CV=0 cargo test --locked --lib winograd
     IMGCLASS_WINO_GEMM=0 IMGCLASS_KXK_CV=0 cargo test --locked --test parity
+    # Wide ResNet's stages 1-2 on the whole batch, as before they ran image by image
+    IMGCLASS_PER_IMAGE_STAGES=0 cargo test --locked --test parity
     # the AVX2 kernels, on AVX-512 CPUs too (IMGCLASS_SIMD caps ops::cpu::level)
     IMGCLASS_SIMD=avx2 cargo test --locked --lib ops
     IMGCLASS_SIMD=avx2 cargo test --locked --test parity

@@ -383,7 +383,20 @@ fn winograd_only(stage: usize, b: &BottleneckConfig) -> bool {
 pub struct ResNet {
     conv1: FoldedConv,
     blocks: Vec<Bottleneck>,
+    /// How many of `blocks` (stages 1 and 2) run image by image in a batch: see
+    /// [`ResNet::forward`].
+    early_blocks: usize,
     fc: Linear,
+}
+
+/// The last stage whose blocks run image by image in a batch ([`ResNet::forward`]).
+const PER_IMAGE_STAGES: usize = 2;
+
+/// Whether batches run their first stages image by image (`IMGCLASS_PER_IMAGE_STAGES=0` turns
+/// it off: the A/B switch; read once).
+fn per_image_stages() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| ops::env_switch("IMGCLASS_PER_IMAGE_STAGES", true))
 }
 
 impl ResNet {
@@ -405,16 +418,48 @@ impl ResNet {
             })
             .collect::<Result<Vec<_>>>()?;
         let fc = candle_nn::linear(cfg.feature_channels(), cfg.num_classes, vb.pp("fc"))?;
-        Ok(Self { conv1, blocks, fc })
+        let early_blocks = cfg
+            .blocks()
+            .iter()
+            .filter(|(s, _, _)| *s <= PER_IMAGE_STAGES)
+            .count();
+        Ok(Self {
+            conv1,
+            blocks,
+            early_blocks,
+            fc,
+        })
+    }
+
+    /// The stem and the first `early_blocks` blocks on `x`.
+    fn forward_early(&self, x: &Tensor) -> Result<Tensor> {
+        // torchvision's maxpool: MaxPool2d(kernel_size=3, stride=2, padding=1). The stem's output
+        // (3.2 MB per image) is freed here, not held through the whole pass.
+        let mut x = crate::ops::max_pool2d(&self.conv1.forward(x)?, 3, 2, 1)?;
+        for b in &self.blocks[..self.early_blocks] {
+            x = b.forward(&x)?;
+        }
+        Ok(x)
     }
 }
 
 impl Module for ResNet {
+    /// In a batch, the stem and stages 1-2 run one image at a time and stages 3-4 on the whole
+    /// batch. The early stages have large maps and small weights: one image's activations (3.2-6.4
+    /// MB per tensor) stay in the caches from one layer to the next, where a batch's spill to
+    /// memory, and the batch's peak memory is one image's there. The late stages have small maps
+    /// and large weights (15-60 MB per block), which the batch then reads once for all its images.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // torchvision's maxpool: MaxPool2d(kernel_size=3, stride=2, padding=1). The stem's output
-        // (3.2 MB per image) is freed here, not held through the whole pass.
-        let mut x = crate::ops::max_pool2d(&self.conv1.forward(x)?, 3, 2, 1)?;
-        for b in &self.blocks {
+        let n = x.dim(0)?;
+        let mut x = if n > 1 && per_image_stages() {
+            let per_image = (0..n)
+                .map(|i| self.forward_early(&x.narrow(0, i, 1)?))
+                .collect::<Result<Vec<_>>>()?;
+            Tensor::cat(&per_image, 0)?
+        } else {
+            self.forward_early(x)?
+        };
+        for b in &self.blocks[self.early_blocks..] {
             x = b.forward(&x)?;
         }
         self.fc.forward(&global_avg_pool(&x)?)
