@@ -86,13 +86,15 @@ impl Profile {
         }
     }
 
-    /// `--instances` when not given (0 = one per compute thread): lite 0 (under load each image
-    /// runs on one thread beside the others: 5.7–6.1 thread-ms per image against 7.9–8.5 for an
-    /// image split over two threads), full 1 (Wide ResNet's large kernels split well over the
-    /// pool, and two passes at once would hold two sets of its activations).
-    pub fn default_instances(self) -> usize {
+    /// `--instances` when not given, for `threads` compute threads (0 = one per compute thread):
+    /// lite 0 (under load each image runs on one thread beside the others: 5.7–6.1 thread-ms per
+    /// image against 7.9–8.5 for an image split over two threads), full 2, or 1 on one thread
+    /// (on 2 threads under 4 clients 6.0–6.6 → 8.8–9.4 requests per second, p99 0.9–1.0 →
+    /// 0.5–0.6 s; each instance beyond the first holds one more image's activations and scratch,
+    /// ~25 MB, against the 450 MB budget, hence no more than two).
+    pub fn default_instances(self, threads: usize) -> usize {
         match self {
-            Profile::Full => 1,
+            Profile::Full => threads.clamp(1, 2),
             Profile::Lite => 0,
         }
     }
@@ -229,7 +231,7 @@ pub struct ServeArgs {
     /// Forward passes of one model that may run at once (model instances sharing one copy of
     /// the weights). 1: one at a time, each on every compute thread. N > 1: a pass that starts
     /// while another runs takes one image and runs it on a thread of its own. 0: one per compute
-    /// thread. Default: 0 for the lite profile, 1 for full.
+    /// thread. Default: 0 for the lite profile, 2 for full (1 with one compute thread).
     #[arg(long, env = "IMGCLASS_INSTANCES")]
     pub instances: Option<usize>,
 
@@ -373,7 +375,12 @@ impl Settings {
         at_most("decode-threads", a.decode_threads as u64, 1024)?;
         let malloc_arenas = a.malloc_arenas.unwrap_or(a.profile.default_malloc_arenas());
         at_most("malloc-arenas", malloc_arenas as u64, 1024)?;
-        let instances = a.instances.unwrap_or(a.profile.default_instances());
+        let threads = if a.threads == 0 {
+            available_cpus()
+        } else {
+            a.threads
+        };
+        let instances = a.instances.unwrap_or(a.profile.default_instances(threads));
         at_most("instances", instances as u64, 1024)?;
         let decode_priority = a
             .decode_priority
@@ -388,11 +395,6 @@ impl Settings {
         at_most("header-read-timeout-ms", a.header_read_timeout_ms, DAY_MS)?;
         at_most("request-timeout-ms", a.request_timeout_ms, DAY_MS)?;
         at_most("shutdown-grace-ms", a.shutdown_grace_ms, DAY_MS)?;
-        let threads = if a.threads == 0 {
-            available_cpus()
-        } else {
-            a.threads
-        };
         let weights_dir =
             crate::weights::dir::resolve_weights_dir(a.weights_dir.as_deref(), &a.profile.models());
         Ok(Settings {
@@ -553,12 +555,15 @@ mod tests {
             s(&["--profile", "lite", "--malloc-arenas", "2"]).malloc_arenas,
             2
         );
-        // instances: one per compute thread for lite, one for full; 0 = one per thread
+        // instances: one per compute thread for lite, two for full (one on one thread); 0 = one
+        // per thread
         for (args, instances) in [
             ("--threads 2 --profile lite", 2),
             ("--threads 3 --profile lite", 3),
             ("--threads 1 --profile lite", 1),
-            ("--threads 4 --profile full", 1),
+            ("--threads 4 --profile full", 2),
+            ("--threads 2 --profile full", 2),
+            ("--threads 1 --profile full", 1),
             ("--threads 4 --profile lite --instances 1", 1),
             ("--threads 4 --profile full --instances 0", 4),
             ("--threads 4 --profile full --instances 2", 2),
