@@ -43,13 +43,15 @@ impl Profile {
         }
     }
 
-    /// `--max-batch-size` when not given. Full: 4. Each image of a Wide ResNet batch adds ~13 MiB
-    /// to the peak resident set (its activations), and batches above 4 ran no faster per image
-    /// (within the noise), so 4 bounds the full server's peak (measured with 8 clients: 427 MiB,
-    /// 464 MiB at batch 8). Lite: 8 (MobileNetV3's batches are small and gain from 8).
+    /// `--max-batch-size` when not given. Full: 2. Each image of a Wide ResNet batch adds ~8 MiB
+    /// to the peak resident set (its activations), batches ran no faster per image than single
+    /// images within the noise, and with two instances ([`Self::default_instances`]) a whole-pool
+    /// batch of 4 took the 16-client peak to 439–446 MiB, over the 450 MB budget; with 2:
+    /// 421–423 MiB, the same requests per second. Lite: 8 (MobileNetV3's batches are small and
+    /// gain from 8).
     pub fn default_max_batch_size(self) -> usize {
         match self {
-            Profile::Full => 4,
+            Profile::Full => 2,
             Profile::Lite => 8,
         }
     }
@@ -173,7 +175,7 @@ pub struct ServeArgs {
     pub queue_depth: usize,
 
     /// Largest number of queued images run together in one forward pass (continuous batching).
-    /// Default: 4 for the full profile, 8 for lite ([`Profile::default_max_batch_size`]).
+    /// Default: 2 for the full profile, 8 for lite ([`Profile::default_max_batch_size`]).
     #[arg(long, env = "IMGCLASS_MAX_BATCH_SIZE")]
     pub max_batch_size: Option<usize>,
 
@@ -460,7 +462,7 @@ mod tests {
         assert_eq!(s.fault, Fault::None);
         assert!(s.threads >= 1);
         assert!(!s.test_hooks.any());
-        assert_eq!(s.max_batch_size, 4);
+        assert_eq!(s.max_batch_size, 2);
         let lite = Cli::try_parse_from(["x", "--profile", "lite"]).unwrap();
         assert_eq!(Settings::from_args(&lite.serve).unwrap().max_batch_size, 8);
         let set = Cli::try_parse_from(["x", "--max-batch-size", "6"]).unwrap();
