@@ -412,8 +412,16 @@ fn assert_close_predictions(a: &Value, b: &Value, tol: f64) {
 
 /// `imgclass classify` on `image` with `kind`, offline, from the same weights.
 fn cli_classify(kind: ModelKind, image: &[u8]) -> Value {
+    // One input file per call: tests run in parallel, and two of them classifying different images
+    // with the same model must not overwrite each other's input.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let home = common::binary_scratch_dir();
-    let file = home.join(format!("cli-input-{}.jpg", kind.name()));
+    let file = home.join(format!(
+        "cli-input-{}-{}-{call}.jpg",
+        kind.name(),
+        std::process::id()
+    ));
     std::fs::write(&file, image).unwrap();
     let out = common::run(
         &home,
@@ -427,6 +435,7 @@ fn cli_classify(kind: ModelKind, image: &[u8]) -> Value {
             file.to_str().unwrap(),
         ],
     );
+    let _ = std::fs::remove_file(&file);
     assert_eq!(common::code(&out), 0, "{}", common::stderr(&out));
     common::json_lines(&out).remove(0)
 }
