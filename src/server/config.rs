@@ -91,8 +91,8 @@ impl Profile {
     /// `--instances` when not given, for `threads` compute threads (0 = one per compute thread):
     /// lite 0 (under load each image runs on one thread beside the others: 5.7–6.1 thread-ms per
     /// image against 7.9–8.5 for an image split over two threads), full 2, or 1 on one thread
-    /// (on 2 threads under 4 clients 6.0–6.6 → 8.8–9.4 requests per second, p99 0.9–1.0 →
-    /// 0.5–0.6 s; each instance beyond the first holds one more image's activations and scratch,
+    /// (on 2 threads under 4 clients 6.0–6.6 → 8.8–9.4 requests per second, p99 0.90–0.98 →
+    /// 0.48–0.62 s; each instance beyond the first holds one more image's activations and scratch,
     /// ~25 MB, against the 450 MB budget, hence no more than two).
     pub fn default_instances(self, threads: usize) -> usize {
         match self {
