@@ -712,6 +712,12 @@ fn linear_matches_reference() {
         (3, 17, 5),
         (5, 40, 7),
         (2, 16, 4),
+        // one or two images take blocks of 8 rows: a last block of 5 / 4 / 3 rows
+        (1, 40, 13),
+        (2, 33, 21),
+        (1, 100, 1003),
+        (2, 64, 12),
+        (1, 240, 960),
     ] {
         let x = rand_tensor(&[n, k], 30 + n as u64);
         let w = rand_tensor(&[o, k], 31);
