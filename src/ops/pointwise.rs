@@ -723,7 +723,7 @@ fn row_bias(bias: *const f32, r: usize) -> *const f32 {
     }
 }
 
-/// Rows of [`gemv`]'s register block from three images up (two on AVX2; fewer take [`GR_FEW`]),
+/// Rows of [`gemv`]'s register block from three images up (from two on AVX2; fewer: [`GR_FEW`]),
 /// and images per block (AVX-512; AVX2 takes [`GB2`] images: 4 rows x 4 images of accumulators
 /// would not fit its 16 registers).
 const GR: usize = 4;
