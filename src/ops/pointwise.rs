@@ -723,16 +723,19 @@ fn row_bias(bias: *const f32, r: usize) -> *const f32 {
     }
 }
 
-/// Rows of [`gemv`]'s register block from three images up (from two on AVX2; fewer: [`GR_FEW`]),
-/// and images per block (AVX-512; AVX2 takes [`GB2`] images: 4 rows x 4 images of accumulators
-/// would not fit its 16 registers).
+/// Rows of [`gemv`]'s register block from three images up (from two on AVX2; two images on
+/// AVX-512: [`GR_TWO`]; one image: one row at a time), and images per block (AVX-512; AVX2 takes
+/// [`GB2`] images: 4 rows x 4 images of accumulators would not fit its 16 registers).
+///
+/// A batch-1 pass streams its GEMV weights from memory, and how many rows a block reads at once
+/// decides how fast (an 18 MB GEMV in C after a 64 MB eviction, on the Zen 4; 960-float rows: 4
+/// rows at a time 1.41-1.98 ms, 8 rows 0.96-1.56, one row 0.94-1.20; 240-float rows, as in
+/// SqueezeExcitation's second conv: 8 rows 1.51-2.16, one row 0.93-1.37; a plain sequential read
+/// 0.74-1.56): one row at a time reads the weight as one sequential stream, which the hardware
+/// prefetchers follow best.
 const GR: usize = 4;
-/// Rows of [`gemv`]'s register block for one image, or two on AVX-512 (16 accumulators at most;
-/// AVX2's 16 registers hold 8 for one image):
-/// more rows read at once stream a weight from memory faster (an 18 MB GEMV pattern with
-/// 960-float rows, after a 64 MB eviction on the Zen 4: 1.41-1.47 ms 4 rows at a time, 0.99-1.08
-/// ms 8 at a time; a plain sequential read 0.89-1.16 ms).
-const GR_FEW: usize = 8;
+/// Rows of [`gemv`]'s register block for two images on AVX-512 (16 accumulators).
+const GR_TWO: usize = 8;
 const GB: usize = 4;
 const GB2: usize = 2;
 
@@ -753,10 +756,10 @@ pub(crate) fn gemv(
     let mut out: Vec<f32> = Vec::with_capacity(len);
     let serial = n * o * k < GEMV_SERIAL_MACS;
     let wide = level() == Level::Avx512;
-    let gr = if n == 1 || (wide && n == 2) {
-        GR_FEW
-    } else {
-        GR
+    let gr = match (n, wide) {
+        (1, _) => 1,
+        (2, true) => GR_TWO,
+        _ => GR,
     };
     // Row groups: a few per thread so both threads stream half of the weights each.
     let rblocks = o.div_ceil(gr);
@@ -804,8 +807,8 @@ pub(crate) fn gemv(
                         };
                     }
                     match (wide, nr, nb) {
+                        (true, 1, 1) => go!(avx512, 1, 1),
                         (true, 8, 2) => go!(avx512, 8, 2),
-                        (true, 8, 1) => go!(avx512, 8, 1),
                         (true, 4, 4) => go!(avx512, 4, 4),
                         (true, 4, 3) => go!(avx512, 4, 3),
                         (true, 4, 2) => go!(avx512, 4, 2),
@@ -813,7 +816,7 @@ pub(crate) fn gemv(
                         (true, _, 4) => rows!(avx512, 4),
                         (true, _, 2) => rows!(avx512, 2),
                         (true, _, 1) => rows!(avx512, 1),
-                        (false, 8, 1) => go!(avx2, 8, 1),
+                        (false, 1, 1) => go!(avx2, 1, 1),
                         (false, 4, 2) => go!(avx2, 4, 2),
                         (false, 4, 1) => go!(avx2, 4, 1),
                         (false, _, 1) => rows!(avx2, 1),

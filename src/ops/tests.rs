@@ -712,7 +712,7 @@ fn linear_matches_reference() {
         (3, 17, 5),
         (5, 40, 7),
         (2, 16, 4),
-        // one or two images take blocks of 8 rows: a last block of 5 / 4 / 3 rows
+        // one image: one row at a time; two (AVX-512): blocks of 8 rows, a last one of 5 / 4
         (1, 40, 13),
         (2, 33, 21),
         (1, 100, 1003),
