@@ -12,8 +12,8 @@
 //!    (the bias is the accumulators' initial value).
 //!
 //! Planes of at most [`CV_MAX_PIXELS`] without a residual (MobileNetV3's 28², 14² and 7² layers)
-//! take [`depthwise_cv`] instead on AVX-512 CPUs: 16 channels per vector, so narrow planes waste
-//! no lanes and each task covers 16 planes.
+//! take [`depthwise_cv`] instead on AVX-512 and AVX2 CPUs: 16 (8) channels per vector, so narrow
+//! planes waste no lanes and each task covers 16 (8) planes.
 
 use super::cpu::{fmadd, multiversion};
 use super::{Activation, Geometry};
@@ -429,8 +429,10 @@ fn store<const L: usize>(
 multiversion!(fn plane(p: &Plan, x: &[f32], w: &[f32], b: f32, r: Option<&[f32]>, act: Activation, scratch: &mut [f32], out: &mut [MaybeUninit<f32>]) => plane_body);
 multiversion!(fn plane_narrow(p: &Plan, x: &[f32], w: &[f32], b: f32, r: Option<&[f32]>, act: Activation, scratch: &mut [f32], out: &mut [MaybeUninit<f32>]) => plane_narrow_body);
 
-/// Channels per group of the channel-vector kernel ([`depthwise_cv`]): one AVX-512 register.
+/// Channels per group of the channel-vector kernel ([`depthwise_cv`]): one AVX-512 register (16),
+/// or one AVX2 register (8).
 const CV: usize = 16;
+const CV2: usize = 8;
 /// Output pixels per register block of [`depthwise_cv`]: 7, so MobileNetV3's 28-, 14- and 7-wide
 /// maps lose no block to a remainder.
 const CV_PX: usize = 7;
@@ -440,24 +442,25 @@ pub const CV_MAX_PIXELS: usize = 28 * 28;
 
 /// Whether [`depthwise_cv`] runs this call on this CPU: small planes (MobileNetV3's 28², 14² and
 /// 7² layers, where the per-plane kernel wastes vector lanes and per-plane overhead dominates),
-/// no residual, AVX-512.
+/// no residual, AVX-512 or AVX2 + FMA.
 pub fn cv_applies(g: &Geometry, has_res: bool) -> bool {
     !has_res
         && g.h * g.w <= CV_MAX_PIXELS
         && g.oh > 0
         && g.ow > 0
-        && super::cpu::level() == super::cpu::Level::Avx512
+        && super::cpu::level() != super::cpu::Level::Scalar
 }
 
-/// [`depthwise`] with the 16 channels of a group in the lanes of one vector (ONNX Runtime's NCHWc
-/// idea, kept inside the kernel): per (image, group of 16 channels) task, the group's planes are
-/// interleaved into a zero-padded scratch `[H+2p][Wp][16]`, so every tap of every output pixel is
-/// one aligned 64-byte load and one FMA with the tap's 16 weights, for any stride and with no lane
-/// wasted on narrow planes; register blocks of [`CV_PX`] pixels x 16 channels, bias and activation
-/// applied in registers, stored pixel by pixel into a small stash, then written back to the NCHW
-/// planes 16 pixels at a time (one 16x16 transpose per 16 outputs across rows; a transpose per
-/// 7-pixel block took 18-22% more time on the README's Zen 4, batches 1 and 8). The input is
-/// interleaved 16 pixels of the plane at a time too. The caller checks [`cv_applies`].
+/// [`depthwise`] with the channels of a group in the lanes of one vector (ONNX Runtime's NCHWc
+/// idea, kept inside the kernel; 16 channels per group on AVX-512, 8 on AVX2): per (image, group)
+/// task, the group's planes are interleaved into a zero-padded scratch `[H+2p][Wp][lanes]`, so
+/// every tap of every output pixel is one aligned vector load and one FMA with the tap's weights,
+/// for any stride and with no lane wasted on narrow planes; register blocks of [`CV_PX`] pixels x
+/// one vector of channels, bias and activation applied in registers, stored pixel by pixel into a
+/// small stash, then written back to the NCHW planes a vector of pixels at a time (one in-register
+/// transpose per 16 (8) outputs across rows; a transpose per 7-pixel block took 18-22% more time
+/// on the README's Zen 4, batches 1 and 8). The input is interleaved a vector of pixels of the
+/// plane at a time too. The caller checks [`cv_applies`].
 pub fn depthwise_cv(
     x: &[f32],
     wt: &[f32],
@@ -466,6 +469,21 @@ pub fn depthwise_cv(
     g: &Geometry,
 ) -> Vec<f32> {
     assert!(cv_applies(g, false));
+    #[cfg(target_arch = "x86_64")]
+    if super::cpu::level() == super::cpu::Level::Avx512 {
+        return cv_impl::<CV>(x, wt, bias, act, g);
+    }
+    cv_impl::<CV2>(x, wt, bias, act, g)
+}
+
+/// [`depthwise_cv`] with `L` channels per group: 16 runs the AVX-512 kernels, 8 the AVX2 ones.
+fn cv_impl<const L: usize>(
+    x: &[f32],
+    wt: &[f32],
+    bias: Option<&[f32]>,
+    act: Activation,
+    g: &Geometry,
+) -> Vec<f32> {
     let (k, s, pad) = (g.k, g.stride, g.pad);
     let kk = k * k;
     let hp = g.h + 2 * pad;
@@ -474,52 +492,47 @@ pub fn depthwise_cv(
     // Rows read: (oh - 1) * s + k - 1 < h + 2 * pad.
     assert!((g.oh - 1) * s + k <= hp);
     let (in_plane, out_plane) = (g.h * g.w, g.oh * g.ow);
-    let groups = g.c.div_ceil(CV);
+    let groups = g.c.div_ceil(L);
     let len = g.n * g.c * out_plane;
     assert!(x.len() >= g.n * g.c * in_plane && wt.len() >= g.c * kk);
     assert!(bias.is_none_or(|b| b.len() >= g.c));
     let mut out: Vec<f32> = Vec::with_capacity(len);
     let dst = super::pointwise::OutPtr(out.as_mut_ptr());
     // The activated outputs of a group, pixels x channels, before the transpose back to planes
-    // (rounded up to whole 16-pixel chunks: the last chunk's transpose reads past the plane).
-    let stash_len = (out_plane + CV_PX).next_multiple_of(CV) * CV;
+    // (rounded up to whole L-pixel chunks: the last chunk's transpose reads past the plane).
+    let stash_len = (out_plane + CV_PX).next_multiple_of(L) * L;
     (0..g.n * groups).into_par_iter().for_each_init(
         // Zeroed once per worker: every task of this call writes the same interior positions,
         // so the padding stays zero (lanes of channels past `C` are written as zeros).
-        || (vec![0f32; hp * wp * CV], vec![0f32; stash_len]),
+        || (vec![0f32; hp * wp * L], vec![0f32; stash_len]),
         |(scratch, stash), task| {
             let (img, grp) = (task / groups, task % groups);
-            let c0 = grp * CV;
-            let nc = CV.min(g.c - c0);
-            let mut w16 = vec![0f32; kk * CV];
-            let mut b16 = [0f32; CV];
+            let c0 = grp * L;
+            let nc = L.min(g.c - c0);
+            let mut wl = vec![0f32; kk * L];
+            let mut bl = [0f32; L];
             for cc in 0..nc {
                 for t in 0..kk {
-                    w16[t * CV + cc] = wt[(c0 + cc) * kk + t];
+                    wl[t * L + cc] = wt[(c0 + cc) * kk + t];
                 }
-                b16[cc] = bias.map_or(0.0, |b| b[c0 + cc]);
+                bl[cc] = bias.map_or(0.0, |b| b[c0 + cc]);
             }
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: AVX-512 is present (cv_applies). The fill reads the group's `nc` planes
-            // (sliced above) and writes rows pad..pad+h, columns pad..pad+w of the scratch. The
-            // kernel reads rows < hp (asserted above) and columns < wp (sized above) of the
-            // `hp * wp * CV` scratch, `kk * CV` weights; it writes stash pixels below
-            // `out_plane + CV_PX` and reads them below `out_plane` rounded up to 16 (`stash_len`).
-            // Writes: channels c0..c0+nc of image `img`, all `out_plane` pixels each, inside the
-            // `len`-float buffer; only this task writes them.
+            // SAFETY: L == 16 only on AVX-512 CPUs, L == 8 on AVX2 + FMA ones (cv_applies,
+            // depthwise_cv). The fill reads the group's `nc` planes (sliced above) and writes
+            // rows pad..pad+h, columns pad..pad+w of the scratch. The kernel reads rows < hp
+            // (asserted above) and columns < wp (sized above) of the `hp * wp * L` scratch,
+            // `kk * L` weights; it writes stash pixels below `out_plane + CV_PX` and reads them
+            // below `out_plane` rounded up to L (`stash_len`). Writes: channels c0..c0+nc of
+            // image `img`, all `out_plane` pixels each, inside the `len`-float buffer; only this
+            // task writes them.
             unsafe {
-                avx512::cv_fill(
-                    x[(img * g.c + c0) * in_plane..][..nc * in_plane].as_ptr(),
-                    nc,
-                    g.h,
-                    g.w,
-                    scratch.as_mut_ptr().add((pad * wp + pad) * CV),
-                    wp,
-                );
-                let a = avx512::CvArgs {
+                let xg = x[(img * g.c + c0) * in_plane..][..nc * in_plane].as_ptr();
+                let interior = scratch.as_mut_ptr().add((pad * wp + pad) * L);
+                let a = CvArgs {
                     t: scratch.as_ptr(),
-                    w: w16.as_ptr(),
-                    bias: b16.as_ptr(),
+                    w: wl.as_ptr(),
+                    bias: bl.as_ptr(),
                     stash: stash.as_mut_ptr(),
                     out: dst.ptr().add((img * g.c + c0) * out_plane),
                     k,
@@ -530,12 +543,18 @@ pub fn depthwise_cv(
                     nc,
                     act,
                 };
-                avx512::cv_group(&a);
+                if L == CV {
+                    avx512::cv_fill(xg, nc, g.h, g.w, interior, wp);
+                    avx512::cv_group(&a);
+                } else {
+                    avx2::cv_fill(xg, nc, g.h, g.w, interior, wp);
+                    avx2::cv_group(&a);
+                }
             }
             #[cfg(not(target_arch = "x86_64"))]
             {
-                let _ = (&dst, &w16, &b16, img, nc);
-                unreachable!("depthwise_cv is only dispatched on AVX-512 CPUs");
+                let _ = (&dst, &wl, &bl, img, nc, scratch, stash);
+                unreachable!("depthwise_cv is only dispatched on AVX-512 / AVX2 CPUs");
             }
         },
     );
@@ -544,30 +563,32 @@ pub fn depthwise_cv(
     out
 }
 
+/// The operands of one (image, channel group) task of [`depthwise_cv`].
+#[cfg(target_arch = "x86_64")]
+struct CvArgs {
+    /// Channel-interleaved padded scratch `[hp][wp][lanes]`.
+    t: *const f32,
+    /// `[K*K][lanes]` weights, `[lanes]` bias.
+    w: *const f32,
+    bias: *const f32,
+    /// `[oh * ow + CV_PX rounded up to lanes][lanes]`: the activated outputs, pixels x channels.
+    stash: *mut f32,
+    /// Output plane of the group's first channel (plane stride `oh * ow`).
+    out: *mut f32,
+    k: usize,
+    s: usize,
+    wp: usize,
+    oh: usize,
+    ow: usize,
+    /// Channels of the group that exist (the rest of the lanes are not stored).
+    nc: usize,
+    act: Activation,
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{Activation, CV, CV_PX};
+    use super::{Activation, CvArgs, CV, CV_PX};
     use std::arch::x86_64::*;
-
-    pub(super) struct CvArgs {
-        /// Channel-interleaved padded scratch `[hp][wp][CV]`.
-        pub t: *const f32,
-        /// `[K*K][CV]` weights, `[CV]` bias.
-        pub w: *const f32,
-        pub bias: *const f32,
-        /// `[oh * ow + CV_PX rounded up to 16][CV]`: the activated outputs, pixels x channels.
-        pub stash: *mut f32,
-        /// Output plane of the group's first channel (plane stride `oh * ow`).
-        pub out: *mut f32,
-        pub k: usize,
-        pub s: usize,
-        pub wp: usize,
-        pub oh: usize,
-        pub ow: usize,
-        /// Channels of the group that exist (the rest of the lanes are not stored).
-        pub nc: usize,
-        pub act: Activation,
-    }
 
     /// `out[i][j] = a[i-th lane of a[j]]`: a 16x16 transpose in registers (unpack 32-bit, unpack
     /// 64-bit, then two 128-bit lane shuffles).
@@ -713,6 +734,157 @@ mod avx512 {
             let mask = ((1u32 << np) - 1) as __mmask16;
             for (cc, v) in cols.iter().enumerate().take(a.nc) {
                 _mm512_mask_storeu_ps(a.out.add(cc * plane + p0), mask, *v);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{Activation, CvArgs, CV2, CV_PX};
+    use std::arch::x86_64::*;
+
+    /// The lane mask of the first `n <= 8` lanes.
+    #[inline(always)]
+    unsafe fn lanes(n: usize) -> __m256i {
+        _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(n as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        )
+    }
+
+    /// `out[i][j] = a[j][i]`: an 8x8 transpose in registers (unpack 32-bit, shuffle 64-bit,
+    /// then 128-bit lane permutes).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn transpose8(a: &[__m256; 8]) -> [__m256; 8] {
+        let mut t = [_mm256_setzero_ps(); 8];
+        for i in 0..4 {
+            t[2 * i] = _mm256_unpacklo_ps(a[2 * i], a[2 * i + 1]);
+            t[2 * i + 1] = _mm256_unpackhi_ps(a[2 * i], a[2 * i + 1]);
+        }
+        // u[4h + m], 128-bit lane l: rows 4h..4h+4 of column 4l + m.
+        let mut u = [_mm256_setzero_ps(); 8];
+        for h in 0..2 {
+            let (t0, t1, t2, t3) = (t[4 * h], t[4 * h + 1], t[4 * h + 2], t[4 * h + 3]);
+            u[4 * h] = _mm256_shuffle_ps::<0x44>(t0, t2);
+            u[4 * h + 1] = _mm256_shuffle_ps::<0xEE>(t0, t2);
+            u[4 * h + 2] = _mm256_shuffle_ps::<0x44>(t1, t3);
+            u[4 * h + 3] = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        }
+        let mut out = [_mm256_setzero_ps(); 8];
+        for m in 0..4 {
+            out[m] = _mm256_permute2f128_ps::<0x20>(u[m], u[4 + m]);
+            out[4 + m] = _mm256_permute2f128_ps::<0x31>(u[m], u[4 + m]);
+        }
+        out
+    }
+
+    /// Interleave `nc` planes `[h][w]` (plane stride `h * w`) into `dst[iy * wp + ix][CV2]`
+    /// (lanes `nc..CV2` get zeros), 8x8 blocks at a time.
+    ///
+    /// # Safety
+    /// AVX2 + FMA present; `x` valid for `nc * h * w` floats, `dst` for writing rows `0..h`
+    /// (stride `wp * CV2`) of `w * CV2` floats.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn cv_fill(
+        x: *const f32,
+        nc: usize,
+        h: usize,
+        w: usize,
+        dst: *mut f32,
+        wp: usize,
+    ) {
+        let plane = h * w;
+        let (mut iy, mut ix) = (0, 0);
+        for p0 in (0..plane).step_by(CV2) {
+            let np = CV2.min(plane - p0);
+            let mask = lanes(np);
+            let mut rows = [_mm256_setzero_ps(); CV2];
+            for (cc, r) in rows.iter_mut().enumerate().take(nc) {
+                *r = _mm256_maskload_ps(x.add(cc * plane + p0), mask);
+            }
+            let cols = transpose8(&rows);
+            for v in cols.iter().take(np) {
+                _mm256_storeu_ps(dst.add((iy * wp + ix) * CV2), *v);
+                ix += 1;
+                if ix == w {
+                    (iy, ix) = (iy + 1, 0);
+                }
+            }
+        }
+    }
+
+    /// # Safety
+    /// AVX2 + FMA present; pointers valid as described in `super::depthwise_cv`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn cv_group(a: &CvArgs) {
+        match (a.s, a.k) {
+            (1, 3) => cv_group_impl::<1, 3>(a),
+            (1, 5) => cv_group_impl::<1, 5>(a),
+            (2, 3) => cv_group_impl::<2, 3>(a),
+            (2, 5) => cv_group_impl::<2, 5>(a),
+            _ => cv_group_impl::<0, 0>(a),
+        }
+    }
+
+    /// `S`, `K`: the stride and kernel size when known at compile time (0: read from `a`).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn cv_group_impl<const S: usize, const K: usize>(a: &CvArgs) {
+        let s = if S == 0 { a.s } else { S };
+        let k = if K == 0 { a.k } else { K };
+        let plane = a.oh * a.ow;
+        let bias = _mm256_loadu_ps(a.bias);
+        for oy in 0..a.oh {
+            for ox0 in (0..a.ow).step_by(CV_PX) {
+                let mut acc = [bias; CV_PX];
+                for kh in 0..k {
+                    let row = a.t.add(((oy * s + kh) * a.wp + ox0 * s) * CV2);
+                    for kw in 0..k {
+                        let wv = _mm256_loadu_ps(a.w.add((kh * k + kw) * CV2));
+                        let src = row.add(kw * CV2);
+                        for (r, c) in acc.iter_mut().enumerate() {
+                            *c = _mm256_fmadd_ps(_mm256_loadu_ps(src.add(r * s * CV2)), wv, *c);
+                        }
+                    }
+                }
+                // All CV_PX pixels, as in the AVX-512 kernel: pixels past the row land on the
+                // next row's first ones, which are written after, or past the plane, inside
+                // the stash.
+                let at = oy * a.ow + ox0;
+                for (r, c) in acc.iter().enumerate() {
+                    let v = match a.act {
+                        Activation::None => *c,
+                        Activation::Relu => _mm256_max_ps(*c, _mm256_setzero_ps()),
+                        Activation::Hardswish => {
+                            let u = _mm256_add_ps(*c, _mm256_set1_ps(3.0));
+                            let u = _mm256_min_ps(
+                                _mm256_max_ps(u, _mm256_setzero_ps()),
+                                _mm256_set1_ps(6.0),
+                            );
+                            _mm256_mul_ps(*c, _mm256_mul_ps(u, _mm256_set1_ps(1.0 / 6.0)))
+                        }
+                    };
+                    _mm256_storeu_ps(a.stash.add((at + r) * CV2), v);
+                }
+            }
+        }
+        // Pixels x channels -> channels x pixels, 8 pixels of the plane at a time.
+        for p0 in (0..plane).step_by(CV2) {
+            let np = CV2.min(plane - p0);
+            let mut rows = [_mm256_setzero_ps(); CV2];
+            for (r, v) in rows.iter_mut().enumerate() {
+                *v = _mm256_loadu_ps(a.stash.add((p0 + r) * CV2));
+            }
+            let cols = transpose8(&rows);
+            let mask = lanes(np);
+            for (cc, v) in cols.iter().enumerate().take(a.nc) {
+                if np == CV2 {
+                    _mm256_storeu_ps(a.out.add(cc * plane + p0), *v);
+                } else {
+                    _mm256_maskstore_ps(a.out.add(cc * plane + p0), mask, *v);
+                }
             }
         }
     }

@@ -127,15 +127,17 @@ pub(crate) fn conv1x1_scaled(
         // sub-tiles, and each row is loaded twice per 8-channel block).
         assert!(g.len() >= n * k && w.len() >= o * k && x.len() >= n * k * p);
         assert!(res.is_none_or(|r| r.len() >= len));
-        let mut wg: Vec<f32> = Vec::with_capacity(o * k);
+        let mut wg = vec![0f32; o * k];
         for img in 0..n {
             let gi = &g[img * k..][..k];
-            wg.clear();
-            wg.extend(
-                w[..o * k]
-                    .chunks_exact(k)
-                    .flat_map(|wr| wr.iter().zip(gi).map(|(w, g)| w * g)),
-            );
+            // Row by row with plain zips, so that the multiplies vectorise: an iterator chain
+            // flattened over the rows (`extend(flat_map(..))`) took 0.33 of the 0.84 ms of the
+            // 672 -> 112 project conv on a Zen 3.
+            for (dr, wr) in wg.chunks_exact_mut(k).zip(w[..o * k].chunks_exact(k)) {
+                for ((d, &wv), &gv) in dr.iter_mut().zip(wr).zip(gi) {
+                    *d = wv * gv;
+                }
+            }
             let xi = &x[img * k * p..][..k * p];
             let ri = res.map(|r| &r[img * o * p..][..o * p]);
             // SAFETY: `out` has room for `len` floats; image `img` writes its `o * p` of them.

@@ -150,6 +150,154 @@ pub fn horizontal_rows_scalar(
     }
 }
 
+/// The horizontal pass prepared for AVX2 CPUs without AVX-512 (`Pairs::new` is `None` elsewhere
+/// or for kernels longer than [`MAX_TAPS`]): a pixel's window is read as 8-byte pieces, 6 bytes
+/// (two taps x three channels) apart, each widened to eight 32-bit lanes and multiplied by the
+/// pixel's coefficients laid out per lane (`[k_t, k_t, k_t, k_t+1, k_t+1, k_t+1, 0, 0]`); the
+/// pieces' products are added and channel `c` is lane `c` plus lane `c + 3`. The same integer
+/// sums as [`horizontal_rows_scalar`] (exact: products below 2^30, non-negative weights), so the
+/// same bytes: about `K / 2` multiplies per pixel instead of `3K`.
+pub struct Pairs {
+    starts: Vec<usize>,
+    /// [`Pairs::nv`] x 8 coefficients per output pixel.
+    e: Vec<i32>,
+    nv: usize,
+    half: i32,
+    bits: u32,
+}
+
+impl Pairs {
+    /// `None` unless the CPU has AVX2 and `1 <= ksize <= MAX_TAPS`. `starts` are the window
+    /// starts (bytes, non-decreasing), `k` holds `ksize` coefficients per output pixel.
+    pub fn new(starts: &[usize], k: &[i32], ksize: usize, half: i32, bits: u32) -> Option<Pairs> {
+        if !(1..=MAX_TAPS).contains(&ksize) || level() == Level::Scalar || bits >= 32 {
+            return None;
+        }
+        let n = starts.len();
+        assert!(k.len() == n * ksize);
+        let nv = ksize.div_ceil(2);
+        let mut e = vec![0i32; n * nv * 8];
+        for (row, ex) in k.chunks_exact(ksize).zip(e.chunks_exact_mut(nv * 8)) {
+            for (t, &kv) in row.iter().enumerate() {
+                let lane = (t / 2) * 8 + (t % 2) * 3;
+                ex[lane..lane + 3].fill(kv);
+            }
+        }
+        Some(Pairs {
+            starts: starts.to_vec(),
+            e,
+            nv,
+            half,
+            bits,
+        })
+    }
+
+    /// Bytes a pixel's loads read from its window start.
+    fn read(&self) -> usize {
+        6 * (self.nv - 1) + 8
+    }
+
+    /// [`horizontal_rows`]' contract with this pass's pixels: row `r` of `rows` rows of
+    /// `line_len` bytes, output pixel `x` at `out[(r * n + x) * 3..][..3]`. Windows that would
+    /// read past the end of their row are read from a zero-padded copy. Panics unless the slices
+    /// fit.
+    pub fn rows(&self, src: &[u8], line_len: usize, rows: usize, out: &mut [u8]) {
+        let n = self.starts.len();
+        let read = self.read();
+        assert!(out.len() >= rows * n * 3 && src.len() >= rows * line_len);
+        assert!(self.starts.iter().all(|&s| s < line_len.max(1)));
+        let fast = self.starts.partition_point(|&s| s + read <= line_len);
+        assert!(self.starts[..fast].iter().all(|&s| s + read <= line_len));
+        for r in 0..rows {
+            let line = &src[r * line_len..][..line_len];
+            let orow = &mut out[r * n * 3..][..n * 3];
+            // SAFETY (both calls): AVX2 is present (`new`); pixel x < fast reads
+            // line[starts[x]..][..read] inside the row (asserted above), e[x * nv * 8..][..nv * 8]
+            // (sized in `new`), and writes orow[3x..3x + 3]; the tail pixels read a 32-byte
+            // padded copy (read <= 32 at nv <= 5).
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                self.row(line.as_ptr(), &self.starts[..fast], 0, orow.as_mut_ptr());
+                for x in fast..n {
+                    let mut pad = [0u8; 32];
+                    let tail = &line[self.starts[x]..];
+                    let m = tail.len().min(32);
+                    pad[..m].copy_from_slice(&tail[..m]);
+                    self.row(pad.as_ptr(), &[0], x, orow[x * 3..].as_mut_ptr());
+                }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                let _ = (line, orow, fast);
+                unreachable!("resize::Pairs is only built on AVX2 CPUs");
+            }
+        }
+    }
+
+    /// Pixels `first..first + starts.len()`, windows at `line + starts[i]`.
+    ///
+    /// # Safety
+    /// As in [`Pairs::rows`].
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn row(&self, line: *const u8, starts: &[usize], first: usize, out: *mut u8) {
+        let e = self.e.as_ptr().add(first * self.nv * 8);
+        let (h, b) = (self.half, self.bits);
+        match self.nv {
+            1 => avx2::row::<1>(line, starts, e, h, b, out),
+            2 => avx2::row::<2>(line, starts, e, h, b, out),
+            3 => avx2::row::<3>(line, starts, e, h, b, out),
+            4 => avx2::row::<4>(line, starts, e, h, b, out),
+            _ => avx2::row::<5>(line, starts, e, h, b, out),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// Output pixel `x < starts.len()`: the window at `line + starts[x]`, coefficients at
+    /// `e + 8 NV x`, 3 bytes written at `out + 3x`.
+    ///
+    /// # Safety
+    /// AVX2 present; `line + starts[x]` readable for `6 (NV - 1) + 8` bytes, `e` for
+    /// `8 NV starts.len()` i32, `out` writable for `3 starts.len()` bytes.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn row<const NV: usize>(
+        line: *const u8,
+        starts: &[usize],
+        e: *const i32,
+        half: i32,
+        bits: u32,
+        out: *mut u8,
+    ) {
+        let hv = _mm_set1_epi32(half);
+        let sh = _mm_cvtsi32_si128(bits as i32);
+        let (z, top) = (_mm_setzero_si128(), _mm_set1_epi32(255));
+        // lanes 3..6 moved to lanes 0..3
+        let up = _mm256_setr_epi32(3, 4, 5, 6, 7, 7, 7, 7);
+        for (x, &s) in starts.iter().enumerate() {
+            let p = line.add(s);
+            let ce = e.add(x * NV * 8);
+            let mut v = _mm256_setzero_si256();
+            for j in 0..NV {
+                let d = _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(6 * j) as *const __m128i));
+                let c = _mm256_loadu_si256(ce.add(8 * j) as *const __m256i);
+                v = _mm256_add_epi32(v, _mm256_mullo_epi32(d, c));
+            }
+            let v = _mm256_add_epi32(v, _mm256_permutevar8x32_epi32(v, up));
+            let v = _mm_sra_epi32(_mm_add_epi32(_mm256_castsi256_si128(v), hv), sh);
+            let v = _mm_min_epi32(_mm_max_epi32(v, z), top);
+            let v = _mm_packus_epi16(_mm_packus_epi32(v, v), z);
+            let b = (_mm_cvtsi128_si32(v) as u32).to_le_bytes();
+            let o = out.add(3 * x);
+            *o = b[0];
+            *o.add(1) = b[1];
+            *o.add(2) = b[2];
+        }
+    }
+}
+
 /// Output pixels per block of [`Blocks`]: 48 bytes (16 RGB pixels), three 16-lane vectors.
 const BLOCK: usize = 16;
 /// Bytes of the input row one block may read: two 64-byte vectors (`vpermt2b`'s table).

@@ -288,6 +288,16 @@ fn horizontal_pass(
         );
         return;
     }
+    // AVX2 (no AVX-512): two taps per 8-lane multiply, the same sums.
+    if let Some(pairs) = resize::Pairs::new(&starts(), &c.k, c.ksize, half, PRECISION_BITS) {
+        pairs.rows(
+            &src[rows.start * line_len..rows.end * line_len],
+            line_len,
+            rows.len(),
+            out,
+        );
+        return;
+    }
     match c.ksize {
         3 => horizontal_pass_k::<3>(src, src_w, col0, rows, c, out, cw),
         5 => horizontal_pass_k::<5>(src, src_w, col0, rows, c, out, cw),
