@@ -499,6 +499,16 @@ fn resize_hpass(c: &mut Criterion) {
             b.iter(|| resize::horizontal_rows(&src, in_w * 3, rows, &pass, &mut out))
         });
     }
+    // the AVX2 pass, its coefficients laid out inside the loop as the resampler does per image
+    if resize::Pairs::new(&starts, &k, ksize, 1 << 21, 22).is_some() {
+        group.bench_function("avx2_pairs", |b| {
+            b.iter(|| {
+                if let Some(pairs) = resize::Pairs::new(&starts, &k, ksize, 1 << 21, 22) {
+                    pairs.rows(&src, in_w * 3, rows, &mut out)
+                }
+            })
+        });
+    }
     // the VBMI blocks, their tables built inside the loop as the resampler builds them per image
     if resize::Blocks::new(&starts, &k, ksize, 1 << 21, 22).is_some() {
         group.bench_function("vbmi_blocks", |b| {

@@ -1,5 +1,5 @@
-//! The horizontal pass of Pillow's 8-bit resampling (`preprocess::resample`) with AVX-512: the
-//! same integer sums, so the same bytes.
+//! The horizontal pass of Pillow's 8-bit resampling (`preprocess::resample`) with AVX-512 (and,
+//! for CPUs without it, AVX2: [`Pairs`]): the same integer sums, so the same bytes.
 //!
 //! One output pixel reads a window of `K` RGB input pixels (`3K` bytes). The scalar path sums `K`
 //! four-lane products per pixel. Here the window's first 31 bytes are widened to 32-bit lanes
@@ -150,8 +150,9 @@ pub fn horizontal_rows_scalar(
     }
 }
 
-/// The horizontal pass prepared for AVX2 CPUs without AVX-512 (`Pairs::new` is `None` elsewhere
-/// or for kernels longer than [`MAX_TAPS`]): a pixel's window is read as 8-byte pieces, 6 bytes
+/// The horizontal pass for AVX2 CPUs without AVX-512 (`Pairs::new` is `None` without AVX2 or for
+/// kernels longer than [`MAX_TAPS`]; on AVX-512 CPUs the resampler takes [`horizontal_rows`] or
+/// [`Blocks`] first): a pixel's window is read as 8-byte pieces, 6 bytes
 /// (two taps x three channels) apart, each widened to eight 32-bit lanes and multiplied by the
 /// pixel's coefficients laid out per lane (`[k_t, k_t, k_t, k_t+1, k_t+1, k_t+1, 0, 0]`); the
 /// pieces' products are added and channel `c` is lane `c` plus lane `c + 3`. The same integer
