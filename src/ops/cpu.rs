@@ -147,6 +147,21 @@ macro_rules! multiversion {
 }
 pub(crate) use multiversion;
 
+/// The AVX2 lane mask of the first `n <= 8` lanes of a vector of 8 (all-ones lanes are loaded /
+/// stored by `_mm256_maskload_ps` / `_mm256_maskstore_ps`).
+///
+/// # Safety
+/// AVX2 present (inlined into the callers' `target_feature` functions).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn lanes8(n: usize) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    _mm256_cmpgt_epi32(
+        _mm256_set1_epi32(n as i32),
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+    )
+}
+
 /// For a row of `np > 0` floats in 16-lane vectors: how many vectors, and the lane mask of the
 /// last one (all 16 lanes when `np` is a multiple of 16).
 pub(crate) fn vectors_and_mask(np: usize) -> (usize, u16) {

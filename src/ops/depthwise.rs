@@ -742,16 +742,8 @@ mod avx512 {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{Activation, CvArgs, CV2, CV_PX};
+    use crate::ops::cpu::lanes8 as lanes;
     use std::arch::x86_64::*;
-
-    /// The lane mask of the first `n <= 8` lanes.
-    #[inline(always)]
-    unsafe fn lanes(n: usize) -> __m256i {
-        _mm256_cmpgt_epi32(
-            _mm256_set1_epi32(n as i32),
-            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-        )
-    }
 
     /// `out[i][j] = a[j][i]`: an 8x8 transpose in registers (unpack 32-bit, shuffle 64-bit,
     /// then 128-bit lane permutes).

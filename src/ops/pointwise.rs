@@ -552,6 +552,7 @@ mod avx512 {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{Activation, Args, MR2};
+    use crate::ops::cpu::lanes8 as lanes;
     use std::arch::x86_64::*;
 
     /// The same formula as `avx512::act`, on 8 lanes.
@@ -566,15 +567,6 @@ mod avx2 {
                 _mm256_mul_ps(v, _mm256_mul_ps(t, _mm256_set1_ps(1.0 / 6.0)))
             }
         }
-    }
-
-    /// The lane mask of the first `n <= 8` lanes (all-ones lanes are loaded / stored).
-    #[inline(always)]
-    unsafe fn lanes(n: usize) -> __m256i {
-        _mm256_cmpgt_epi32(
-            _mm256_set1_epi32(n as i32),
-            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-        )
     }
 
     /// `V` vectors of a row at `p`, the last one `tail` lanes (the rest read as zero).
