@@ -260,8 +260,8 @@ fn horizontal_pass(
     // AVX-512: the same sums, several times fewer instructions (see `ops::resize`).
     let line_len = src_w * 3;
     let half = 1i32 << (PRECISION_BITS - 1);
-    let starts = || -> Vec<usize> { c.xmin.iter().map(|&m| (m - col0) * 3).collect() };
-    if let Some(blocks) = resize::Blocks::new(&starts(), &c.k, c.ksize, half, PRECISION_BITS) {
+    let starts: Vec<usize> = c.xmin.iter().map(|&m| (m - col0) * 3).collect();
+    if let Some(blocks) = resize::Blocks::new(&starts, &c.k, c.ksize, half, PRECISION_BITS) {
         blocks.rows(
             &src[rows.start * line_len..rows.end * line_len],
             line_len,
@@ -271,7 +271,6 @@ fn horizontal_pass(
         return;
     }
     if resize::available(c.ksize) {
-        let starts = starts();
         let e = resize::expand(&c.k, c.ksize);
         let pass = resize::Pass {
             starts: &starts,
@@ -289,7 +288,7 @@ fn horizontal_pass(
         return;
     }
     // AVX2 (no AVX-512): two taps per 8-lane multiply, the same sums.
-    if let Some(pairs) = resize::Pairs::new(&starts(), &c.k, c.ksize, half, PRECISION_BITS) {
+    if let Some(pairs) = resize::Pairs::new(&starts, &c.k, c.ksize, half, PRECISION_BITS) {
         pairs.rows(
             &src[rows.start * line_len..rows.end * line_len],
             line_len,
